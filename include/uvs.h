@@ -1,0 +1,445 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uvs: Python's socketserver, rebuilt in C on libuv.
+ *
+ * A user writes a handler (what to do with one client), picks a server kind
+ * by its address (tcp://HOST:PORT today) and a mode (UVS_MODE_EVENT today),
+ * and uvs does the rest: binding, accepting, reading, writing, shutdown.
+ * A server runs on the caller's uv_loop_t (embedding) or on a loop of its own
+ * (uvs_server_serve_forever).
+ *
+ * Conventions, as libuv's: functions return 0 (or a count) on success and a
+ * negative libuv error code (UV_EINVAL, UV_ENOMEM, ...) on failure; a function
+ * that takes a callback and fails never runs it. Unless its comment says
+ * otherwise, a function may be called only from the thread that runs the
+ * server's loop ("Threads: loop."). Pointers passed to a callback are
+ * borrowed until it returns.
+ */
+#ifndef UVS_H
+#define UVS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
+/* ---- Export and version --------------------------------------------- */
+
+#if defined(__GNUC__) || defined(__clang__)
+# define UVS_EXTERN __attribute__((visibility("default")))
+#else
+# define UVS_EXTERN
+#endif
+
+#define UVS_VERSION_MAJOR 0
+#define UVS_VERSION_MINOR 1
+#define UVS_VERSION_PATCH 0
+/* (major << 16) | (minor << 8) | patch, as UV_VERSION_HEX. */
+#define UVS_VERSION_HEX \
+ ((UVS_VERSION_MAJOR << 16) | (UVS_VERSION_MINOR << 8) | (UVS_VERSION_PATCH))
+
+
+/* ---- Opaque types ---------------------------------------------------- */
+
+typedef struct uvs_server_s uvs_server_t;
+typedef struct uvs_conn_s uvs_conn_t;
+
+
+/* ---- Enums ----------------------------------------------------------- */
+
+/* The transport, chosen by the address scheme. */
+typedef enum uvs_transport_e {
+  UVS_TRANSPORT_TCP = 1, /* tcp://HOST:PORT */
+  UVS_TRANSPORT_UDP,     /* udp://HOST:PORT */
+  UVS_TRANSPORT_UNIX,    /* unix:PATH (stream) */
+  UVS_TRANSPORT_UNIXGRAM /* unixgram:PATH (datagram) */
+} uvs_transport_t;
+
+/* How handlers run (socketserver's mixins). This release serves
+ * UVS_MODE_EVENT; uvs_server_new returns UV_ENOTSUP for the others. */
+typedef enum uvs_mode_e {
+  UVS_MODE_EVENT = 0, /* on_open/on_data/on_close on the loop thread */
+  UVS_MODE_SYNC,      /* plain TCPServer: blocking handle(), one at a time */
+  UVS_MODE_THREADING, /* ThreadingMixIn: blocking handle() on a worker pool */
+  UVS_MODE_FORKING    /* ForkingMixIn: a child process per request */
+} uvs_mode_t;
+
+
+/* ---- Addresses ------------------------------------------------------- */
+
+/* Longest text uvs_address_format writes, with its NUL: "unixgram:" plus
+ * the longest sockaddr_un path, which is the longest form. */
+#define UVS_ADDRSTRLEN 128
+
+/* A parsed, resolved address: a plain struct the caller may fill or read.
+ * For TCP and UDP `sa` holds a sockaddr_in or sockaddr_in6; for the Unix
+ * transports a sockaddr_un (an abstract name starts with a NUL byte).
+ * `len` is the length of the sockaddr in bytes. */
+typedef struct uvs_address_s {
+  uvs_transport_t transport;
+  socklen_t len;
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+    struct sockaddr_un un;
+    struct sockaddr_storage storage;
+  } u;
+} uvs_address_t;
+
+
+/* ---- Callbacks ------------------------------------------------------- */
+
+/* Blocking-mode handler steps (setup, handle, finish). Return 0, or a
+ * negative error code, which reaches handle_error. */
+typedef int (*uvs_request_cb)(uvs_conn_t* conn);
+/* A connection was accepted (event mode). */
+typedef void (*uvs_open_cb)(uvs_conn_t* conn);
+/* `len` bytes arrived (event mode). `data` is borrowed until return. */
+typedef void (*uvs_data_cb)(uvs_conn_t* conn, const char* data, size_t len);
+/* The peer shut down its write side (event mode). */
+typedef void (*uvs_eof_cb)(uvs_conn_t* conn);
+/* Everything queued has been sent: uvs_conn_write_queue_size went from
+ * above zero back to zero (event mode; use it to resume reading). */
+typedef void (*uvs_drain_cb)(uvs_conn_t* conn);
+/* The connection is closed; the last callback for it. `status` is 0 for an
+ * orderly close, UV_ECANCELED when the server closed it, else the error
+ * that ended it (UV_ECONNRESET, UV_EPIPE, ...). */
+typedef void (*uvs_close_cb)(uvs_conn_t* conn, int status);
+/* Frees the buffer given to uvs_conn_write_nocopy. */
+typedef void (*uvs_free_cb)(void* data, void* arg);
+
+/* Hooks (socketserver's overridable server methods). */
+/* Return nonzero to accept the connection from `peer`, 0 to reject it
+ * (it is shut down and closed at once). Runs before uvs allocates anything
+ * for the connection. */
+typedef int (*uvs_verify_request_cb)(uvs_server_t* server,
+                                     const uvs_address_t* peer);
+/* An error happened while processing the request from `peer`. `conn` may
+ * be NULL when the error has no connection (an accept error). */
+typedef void (*uvs_handle_error_cb)(uvs_server_t* server,
+                                    uvs_conn_t* conn,
+                                    const uvs_address_t* peer,
+                                    int status);
+/* uvs_server_handle_request timed out; its return value is returned by
+ * uvs_server_handle_request. */
+typedef int (*uvs_handle_timeout_cb)(uvs_server_t* server);
+/* Runs every poll interval while uvs_server_serve_forever runs. */
+typedef void (*uvs_service_actions_cb)(uvs_server_t* server);
+/* A request is about to be shut down (write side) and closed: once per
+ * accepted connection, served or rejected. `fd` is still open. */
+typedef void (*uvs_shutdown_request_cb)(uvs_server_t* server,
+                                        uv_os_sock_t fd,
+                                        const uvs_address_t* peer);
+/* uvs_server_close finished; `server` is freed when this returns. */
+typedef void (*uvs_server_close_cb)(uvs_server_t* server);
+
+
+/* ---- Plain structs the caller fills ---------------------------------- */
+
+/* socketserver's overridable server methods. A NULL entry means
+ * socketserver's default, given per field. */
+typedef struct uvs_hooks_s {
+  uvs_verify_request_cb verify_request;     /* default: accept all */
+  uvs_handle_error_cb handle_error;         /* default: one line to stderr */
+  uvs_handle_timeout_cb handle_timeout;     /* default: return UV_ETIMEDOUT */
+  uvs_service_actions_cb service_actions;   /* default: nothing */
+  uvs_shutdown_request_cb shutdown_request; /* default: nothing */
+} uvs_hooks_t;
+
+/* Server options. Fill with uvs_config_init, then change fields. */
+typedef struct uvs_config_s {
+  /* How handlers run. Default UVS_MODE_EVENT. */
+  uvs_mode_t mode;
+  /* Bind and listen inside uvs_server_new (socketserver's
+   * bind_and_activate). Default 1. Set 0 to call uvs_server_bind and
+   * uvs_server_activate yourself, with socket options set in between. */
+  int bind_and_activate;
+  /* listen() backlog (request_queue_size). Default SOMAXCONN, not Python's
+   * 5: a burst of connects overflows 5 and clients see resets or stalls;
+   * the kernel clamps it to net.core.somaxconn anyway. */
+  int request_queue_size;
+  /* SO_REUSEADDR (allow_reuse_address). Default 1, not Python's 0: a
+   * restarted server must not fail with EADDRINUSE because of TIME_WAIT
+   * sockets; on POSIX it never lets two live listeners share a port. */
+  int allow_reuse_address;
+  /* SO_REUSEPORT (allow_reuse_port). Default 0: it lets several live
+   * sockets share one port, which must be asked for. */
+  int allow_reuse_port;
+  /* IPV6_V6ONLY for IPv6 addresses. Default 0 (dual stack: tcp://[::]:P
+   * also accepts IPv4 clients), set explicitly so the result does not
+   * depend on the net.ipv6.bindv6only sysctl. */
+  int ipv6_only;
+  /* uvs_server_handle_request's wait for a request, in milliseconds
+   * (socketserver's timeout). Default -1: wait forever (Python's None). */
+  int64_t timeout_ms;
+  /* Connections accepted per listener wake-up at most, so one busy
+   * listener cannot starve the rest of the loop. Default 16. */
+  unsigned accept_batch;
+  /* After a graceful close has sent everything and shut down the write
+   * side, how long uvs waits for the peer's FIN (discarding what it
+   * still sends) before closing. Closing at once would make the kernel
+   * answer unread input with a reset, which can destroy the reply on its
+   * way to the peer. Milliseconds, default 2000. */
+  uint64_t close_linger_ms;
+  /* Size of the server's one read buffer that every connection reads
+   * into (an idle connection holds none). Default 65536. */
+  size_t read_buffer_size;
+  /* socketserver's overridable methods. Default: all NULL. */
+  uvs_hooks_t hooks;
+} uvs_config_t;
+
+/* What one connection does: socketserver's RequestHandlerClass. uvs copies
+ * the table; NULL entries take the defaults given per field. */
+typedef struct uvs_handler_s {
+  /* Bytes of per-request state (the handler instance's attributes):
+   * allocated and zeroed by uvs before the first callback, freed after
+   * the last; see uvs_conn_state. Default 0. */
+  size_t state_size;
+
+  /* Blocking modes (sync, threading, forking), socketserver's order:
+   * setup, then handle, then finish, which runs even when handle fails;
+   * when setup fails neither runs. */
+  uvs_request_cb setup;
+  uvs_request_cb handle;
+  uvs_request_cb finish;
+
+  /* Event mode, on the loop thread. */
+  uvs_open_cb on_open;   /* default: nothing */
+  uvs_data_cb on_data;   /* default: the bytes are discarded */
+  uvs_eof_cb on_eof;     /* default: uvs_conn_close (flush, then close) */
+  uvs_drain_cb on_drain; /* default: nothing */
+  uvs_close_cb on_close; /* default: nothing */
+} uvs_handler_t;
+
+
+/* ---- Library --------------------------------------------------------- */
+
+/** Returns UVS_VERSION_HEX of the library that is running. Threads: any. */
+UVS_EXTERN unsigned int uvs_version(void);
+
+/** Returns the running library's version as "MAJOR.MINOR.PATCH", a static
+ * string. Threads: any. */
+UVS_EXTERN const char* uvs_version_string(void);
+
+/** Returns a static message for error code `err` (libuv's message for
+ * libuv codes, "unknown error" otherwise). Threads: any. */
+UVS_EXTERN const char* uvs_strerror(int err);
+
+/** Returns the static name of error code `err` ("EINVAL", ...). Threads:
+ * any. */
+UVS_EXTERN const char* uvs_err_name(int err);
+
+
+/* ---- Addresses ------------------------------------------------------- */
+
+/** Parses `text` (tcp://HOST:PORT, udp://HOST:PORT, unix:PATH,
+ * unixgram:PATH) into `addr`. HOST is an IPv4 literal, an IPv6 literal in
+ * brackets or a host name, which is resolved with getaddrinfo (blocking;
+ * IPv4 results are preferred, as Python's AF_INET default). PORT is 0 to
+ * 65535 (0: any free port). Returns 0, UV_EINVAL for malformed text,
+ * UV_ENAMETOOLONG for a Unix path longer than sockaddr_un holds, or a
+ * UV_EAI_* code when the host does not resolve. Threads: any. */
+UVS_EXTERN int uvs_address_parse(const char* text, uvs_address_t* addr);
+
+/** Formats `addr` as text that uvs_address_parse reads back into
+ * `buf` of `*size` bytes (UVS_ADDRSTRLEN is always enough), and sets `*size`
+ * to its length without the NUL. Returns 0, UV_EINVAL for an address it
+ * cannot format, or UV_ENOBUFS with `*size` set to the bytes needed,
+ * NUL included. Threads: any. */
+UVS_EXTERN int uvs_address_format(const uvs_address_t* addr,
+                                  char* buf,
+                                  size_t* size);
+
+
+/* ---- Config ---------------------------------------------------------- */
+
+/** Fills `config` with the defaults documented on each field of
+ * uvs_config_t. Threads: any. */
+UVS_EXTERN void uvs_config_init(uvs_config_t* config);
+
+
+/* ---- Server: lifecycle ----------------------------------------------- */
+
+/** Makes a server for `address` on `loop` and stores it in `*server`.
+ * With a NULL `loop` the server makes and owns a loop of its own
+ * (uvs_server_loop returns it). With config->bind_and_activate (the
+ * default) it also binds and listens, so the port is known on return; it
+ * does not accept until uvs_server_start, serve_forever or handle_request.
+ * uvs copies `address`, `handler` and `config` (NULL config: defaults).
+ * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOTSUP (a
+ * transport or mode this release does not serve), UV_ENOMEM, or the bind
+ * or listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
+ * NULL and nothing is left open. Threads: the loop's, before it runs, or
+ * any thread for a NULL loop. */
+UVS_EXTERN int uvs_server_new(uv_loop_t* loop,
+                              uvs_server_t** server,
+                              const char* address,
+                              const uvs_handler_t* handler,
+                              const uvs_config_t* config);
+
+/** Binds the server's socket (socketserver's server_bind), applying
+ * SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY as configured. Returns 0,
+ * UV_EALREADY when bound already, or the bind error. */
+UVS_EXTERN int uvs_server_bind(uvs_server_t* server);
+
+/** Listens with the configured backlog (socketserver's server_activate).
+ * Returns 0, UV_EINVAL when not bound, UV_EALREADY when listening, or the
+ * listen error. */
+UVS_EXTERN int uvs_server_activate(uvs_server_t* server);
+
+/** Starts accepting on the loop without running it, for programs that run
+ * the loop themselves (embedding); binds and activates first when that has
+ * not been done. Returns 0 (also when accepting already) or the bind or
+ * listen error. */
+UVS_EXTERN int uvs_server_start(uvs_server_t* server);
+
+/** Stops accepting; open connections go on being served, and connections
+ * that arrive wait in the listen backlog until uvs_server_start. Returns
+ * 0. */
+UVS_EXTERN int uvs_server_stop(uvs_server_t* server);
+
+/** Starts accepting and runs the server's loop until uvs_server_shutdown,
+ * calling the service_actions hook every `poll_interval_ms` (0: never).
+ * Unlike Python, the interval does not delay a shutdown. When it returns
+ * the server no longer accepts; open connections stay open, unserved,
+ * until the loop runs again or uvs_server_close. If shutdown was requested
+ * before any serve_forever ran, returns 0 at once. Returns 0, UV_EBUSY
+ * when the server is serving already, or a bind or listen error. Threads:
+ * one thread at a time, which becomes the loop's thread. */
+UVS_EXTERN int uvs_server_serve_forever(uvs_server_t* server,
+                                        uint64_t poll_interval_ms);
+
+/** Stops uvs_server_serve_forever. From another thread it wakes the loop
+ * at once and returns when serve_forever has returned. From the loop
+ * thread (inside a callback) it asks the loop to stop and returns at once;
+ * serve_forever returns when the callback has returned: never a deadlock.
+ * When serve_forever has run and returned already, it does nothing (no
+ * stale flag: the next serve_forever serves normally). When no
+ * serve_forever has run yet, the request is remembered and the first one
+ * returns at once (it does not wait for it). Returns 0. Threads: any. */
+UVS_EXTERN int uvs_server_shutdown(uvs_server_t* server);
+
+/** Serves exactly one request: waits up to config->timeout_ms for a
+ * connection, accepts it and runs the loop until that connection is
+ * closed, then stops accepting and returns 0. A connection rejected by
+ * verify_request counts as the request. On timeout it calls the
+ * handle_timeout hook and returns its value (default UV_ETIMEDOUT). The
+ * timeout covers the wait for a request only, as in Python. Returns
+ * UV_EBUSY while serve_forever or handle_request runs, or a bind or listen
+ * error. */
+UVS_EXTERN int uvs_server_handle_request(uvs_server_t* server);
+
+/** Stops listening, closes the listening socket and every connection
+ * (their on_close gets UV_ECANCELED), and frees the server; an owned loop
+ * is closed and freed too. With a NULL `cb` it runs the loop until all is
+ * closed and returns with everything freed: call it when the loop is not
+ * running, or from inside one of this server's callbacks (then the rest
+ * completes once the callback returns). With a `cb` it returns at once
+ * and `cb` runs on the loop once all is closed; the server is freed when
+ * `cb` returns. Returns 0, or UV_EBUSY (nothing done) while serve_forever
+ * or handle_request runs. */
+UVS_EXTERN int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb);
+
+
+/* ---- Server: properties ---------------------------------------------- */
+
+/** Formats the bound address (the real port after binding port 0) as a
+ * URI into `buf` of `*size` bytes, as uvs_address_format. Returns 0,
+ * UV_ENOBUFS with `*size` set to the bytes needed, or UV_EINVAL when not
+ * bound. */
+UVS_EXTERN int uvs_server_address(const uvs_server_t* server,
+                                  char* buf,
+                                  size_t* size);
+
+/** Returns the listening socket's descriptor (socketserver's fileno), or
+ * UV_EBADF when it has none. The server still owns it. */
+UVS_EXTERN int uvs_server_fileno(const uvs_server_t* server);
+
+/** Returns the loop the server runs on (the owned one for a NULL loop). */
+UVS_EXTERN uv_loop_t* uvs_server_loop(const uvs_server_t* server);
+
+/** Returns the number of open connections. */
+UVS_EXTERN size_t uvs_server_connection_count(const uvs_server_t* server);
+
+/** Returns the user data set with uvs_server_set_data (initially NULL).
+ * Threads: any. */
+UVS_EXTERN void* uvs_server_get_data(const uvs_server_t* server);
+
+/** Stores `data` on the server; uvs never reads or frees it. Threads: any,
+ * before other threads read it. */
+UVS_EXTERN void uvs_server_set_data(uvs_server_t* server, void* data);
+
+
+/* ---- Connection ------------------------------------------------------ */
+
+/** Sends `len` bytes of `data`, copied: the caller keeps `data`. Bytes go
+ * out in order; what the socket does not take at once is queued. Returns
+ * 0, UV_EPIPE after uvs_conn_close or an abort, or UV_ENOMEM. A send
+ * error closes the connection and reaches on_close and handle_error. */
+UVS_EXTERN int uvs_conn_write(uvs_conn_t* conn, const void* data, size_t len);
+
+/** Sends `len` bytes of `data` without copying. `free_cb(data, arg)` runs
+ * exactly once when uvs is done with the bytes (sent, failed or
+ * cancelled), possibly before this returns; until then the caller must
+ * not change them. On failure (UV_EPIPE, UV_ENOMEM) `free_cb` does not
+ * run and the caller still owns `data`. */
+UVS_EXTERN int uvs_conn_write_nocopy(uvs_conn_t* conn,
+                                     void* data,
+                                     size_t len,
+                                     uvs_free_cb free_cb,
+                                     void* arg);
+
+/** Returns the bytes written but not yet taken by the socket. */
+UVS_EXTERN size_t uvs_conn_write_queue_size(const uvs_conn_t* conn);
+
+/** Closes gracefully: stops delivering data, sends everything queued,
+ * shuts down the write side, waits up to config->close_linger_ms for the
+ * peer's EOF, then closes. on_close follows with status 0 unless a send
+ * fails. Returns 0 (also when closing already). */
+UVS_EXTERN int uvs_conn_close(uvs_conn_t* conn);
+
+/** Closes at once with a TCP reset; queued output is discarded. on_close
+ * follows with status 0. Returns 0 (also when closing already). */
+UVS_EXTERN int uvs_conn_abort(uvs_conn_t* conn);
+
+/** Stops reading: on_data and on_eof do not run until
+ * uvs_conn_read_start (backpressure). Returns 0. */
+UVS_EXTERN int uvs_conn_read_stop(uvs_conn_t* conn);
+
+/** Resumes reading after uvs_conn_read_stop. Returns 0, or UV_EPIPE when
+ * the connection is closing. */
+UVS_EXTERN int uvs_conn_read_start(uvs_conn_t* conn);
+
+/** Returns the peer's address (socketserver's client_address); borrowed
+ * for the connection's life. */
+UVS_EXTERN const uvs_address_t* uvs_conn_peer(const uvs_conn_t* conn);
+
+/** Returns the server the connection belongs to (socketserver's
+ * self.server). */
+UVS_EXTERN uvs_server_t* uvs_conn_server(const uvs_conn_t* conn);
+
+/** Returns the connection's zeroed state_size bytes (NULL when state_size
+ * is 0), valid until on_close returns, aligned for any type. */
+UVS_EXTERN void* uvs_conn_state(const uvs_conn_t* conn);
+
+/** Returns the connection's socket descriptor, owned by uvs (socketserver's
+ * self.request.fileno()). */
+UVS_EXTERN int uvs_conn_fileno(const uvs_conn_t* conn);
+
+/** Returns the connection's number: 1 for the server's first accepted
+ * connection, then counting up, never reused. */
+UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVS_H */

@@ -1,0 +1,280 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The stream listener (TCP today; Unix streams share it later). uvs creates
+ * the listening socket itself, so it can set SO_REUSEPORT and IPV6_V6ONLY on
+ * any libuv, watches it with a uv_poll_t, and calls accept4 in bounded
+ * batches. That gives what uv_listen lacks: accepting can pause and resume
+ * (stop, handle_request's one connection, the EMFILE back-off), and
+ * verify_request runs before anything is allocated for a connection. Each
+ * accepted descriptor is adopted by conn.c with uv_tcp_open.
+ *
+ * Invariant: the poll handle is started exactly when the user wants
+ * accepting, the socket listens, no back-off or one-shot limit holds, and
+ * the server is not closing (uvs__listen_stream_update). Accept errors never
+ * spin the loop: transient ones (the peer gave up) are skipped; running out
+ * of descriptors or memory pauses accepting for UVS__ACCEPT_RETRY_MS and is
+ * reported once per burst.
+ */
+#include "internal.h"
+
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void on_readable(uv_poll_t* handle, int status, int events);
+static void on_accept_retry(uv_timer_t* handle);
+static void on_poll_closed(uv_handle_t* handle);
+
+
+int uvs__listen_stream_open(uvs_server_t* server) {
+  int fd = socket(server->address.u.sa.sa_family,
+                  SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0)
+    return UVS__ERR(errno);
+  server->fd = fd;
+  return 0;
+}
+
+
+static int set_flag(int fd, int level, int name, int on) {
+  if (setsockopt(fd, level, name, &on, sizeof(on)) != 0)
+    return UVS__ERR(errno);
+  return 0;
+}
+
+
+int uvs__listen_stream_bind(uvs_server_t* server) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  int r;
+
+  if (server->fd < 0)
+    return UV_EBADF;
+  if (server->bound)
+    return UV_EALREADY;
+  if (server->config.allow_reuse_address) {
+    r = set_flag(server->fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (r != 0)
+      return r;
+  }
+  if (server->config.allow_reuse_port) {
+    r = set_flag(server->fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    if (r != 0)
+      return r;
+  }
+  if (server->address.u.sa.sa_family == AF_INET6) {
+    r = set_flag(server->fd,
+                 IPPROTO_IPV6,
+                 IPV6_V6ONLY,
+                 server->config.ipv6_only ? 1 : 0);
+    if (r != 0)
+      return r;
+  }
+  if (bind(server->fd, &server->address.u.sa, server->address.len) != 0)
+    return UVS__ERR(errno);
+  /* Port 0 becomes the real port (socketserver's server_address). */
+  if (getsockname(server->fd, (struct sockaddr*) &ss, &len) != 0)
+    return UVS__ERR(errno);
+  r = uvs__addr_from_sockaddr(&server->address,
+                              server->address.transport,
+                              (struct sockaddr*) &ss,
+                              len);
+  if (r != 0)
+    return r;
+  server->bound = true;
+  return 0;
+}
+
+
+int uvs__listen_stream_activate(uvs_server_t* server) {
+  if (server->fd < 0 || !server->bound)
+    return UV_EINVAL;
+  if (server->listening)
+    return UV_EALREADY;
+  if (listen(server->fd, server->config.request_queue_size) != 0)
+    return UVS__ERR(errno);
+  server->listening = true;
+  return 0;
+}
+
+
+int uvs__listen_stream_update(uvs_server_t* server) {
+  bool want = server->accepting && server->listening && server->poll_inited &&
+              !server->closing && !server->accept_backoff &&
+              !(server->one_shot && server->one_shot_taken);
+  int r;
+
+  if (want == server->poll_active)
+    return 0;
+  if (want) {
+    r = uv_poll_start(&server->poll, UV_READABLE, on_readable);
+    if (r != 0)
+      return r;
+  } else {
+    uv_poll_stop(&server->poll);
+  }
+  server->poll_active = want;
+  return 0;
+}
+
+
+void uvs__listen_stream_close(uvs_server_t* server) {
+  if (server->poll_inited) {
+    uv_poll_stop(&server->poll);
+    server->poll_active = false;
+    uvs__server_closing_handle(server);
+    uv_close((uv_handle_t*) &server->poll, on_poll_closed);
+    server->poll_inited = false;
+  }
+  /* The poll handle no longer watches the descriptor: closing it now is
+   * safe, and frees the port at once. */
+  if (server->fd >= 0) {
+    close(server->fd);
+    server->fd = -1;
+  }
+  server->listening = false;
+}
+
+
+static void on_poll_closed(uv_handle_t* handle) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, poll);
+  uvs__server_handle_closed(server);
+}
+
+
+/* Errors that mean "this one connection went away before we took it": skip
+ * it and go on accepting. */
+static bool is_transient(int err) {
+  switch (err) {
+  case EINTR:
+  case ECONNABORTED:
+  case EPROTO:
+  case EPERM: /* a firewall rule refused it */
+  case ENETDOWN:
+  case ENOPROTOOPT:
+  case EHOSTDOWN:
+  case ENONET:
+  case EHOSTUNREACH:
+  case EOPNOTSUPP:
+  case ENETUNREACH:
+    return true;
+  default:
+    return false;
+  }
+}
+
+
+static void start_backoff(uvs_server_t* server, int err) {
+  server->accept_errors++;
+  if (!server->accept_error_logged) {
+    server->accept_error_logged = true;
+    uvs__server_error(server, NULL, NULL, err);
+  }
+  if (server->closing)
+    return;
+  server->accept_backoff = true;
+  uvs__listen_stream_update(server);
+  uv_timer_start(&server->accept_retry,
+                 on_accept_retry,
+                 UVS__ACCEPT_RETRY_MS,
+                 0);
+}
+
+
+static void on_accept_retry(uv_timer_t* handle) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, accept_retry);
+  server->accept_backoff = false;
+  uvs__listen_stream_update(server);
+}
+
+
+static void notify_shutdown_request(uvs_server_t* server,
+                                    int fd,
+                                    const uvs_address_t* peer) {
+  if (server->config.hooks.shutdown_request == NULL)
+    return;
+  server->callback_depth++;
+  server->config.hooks.shutdown_request(server, fd, peer);
+  server->callback_depth--;
+}
+
+
+static void take_connection(uvs_server_t* server,
+                            int fd,
+                            const struct sockaddr* sa,
+                            socklen_t len) {
+  uvs_address_t peer;
+  uint64_t id = 0;
+  int accept;
+  int r;
+
+  if (uvs__addr_from_sockaddr(&peer, server->address.transport, sa, len) != 0) {
+    memset(&peer, 0, sizeof(peer));
+    peer.transport = server->address.transport;
+  }
+  if (server->one_shot) {
+    server->one_shot_taken = true;
+    uvs__listen_stream_update(server);
+  }
+
+  /* verify_request before any allocation: a flood of rejected clients
+   * costs no memory. A rejected client sees EOF at once (bpo-26309). */
+  accept = 1;
+  if (server->config.hooks.verify_request != NULL) {
+    server->callback_depth++;
+    accept = server->config.hooks.verify_request(server, &peer);
+    server->callback_depth--;
+  }
+  if (!accept || server->closing) {
+    notify_shutdown_request(server, fd, &peer);
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    if (server->one_shot)
+      server->one_shot_done = true;
+    return;
+  }
+
+  r = uvs__conn_accept(server, fd, &peer, &id);
+  if (r != 0) {
+    uvs__server_error(server, NULL, &peer, r);
+    if (server->one_shot)
+      server->one_shot_done = true;
+    return;
+  }
+  if (server->one_shot)
+    server->one_shot_id = id;
+}
+
+
+static void on_readable(uv_poll_t* handle, int status, int events) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, poll);
+  unsigned i;
+
+  if (status < 0) {
+    start_backoff(server, status);
+    return;
+  }
+  for (i = 0; i < server->config.accept_batch && server->poll_active; i++) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int fd = accept4(server->fd,
+                     (struct sockaddr*) &ss,
+                     &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK)
+        break;
+      if (is_transient(err))
+        continue;
+      /* EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unknown: the
+       * connection stays in the backlog; retrying now would spin. */
+      start_backoff(server, UVS__ERR(err));
+      break;
+    }
+    server->accept_error_logged = false;
+    take_connection(server, fd, (struct sockaddr*) &ss, len);
+  }
+}

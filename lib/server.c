@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The server's lifecycle: new, bind, activate, start/stop, serve_forever,
+ * shutdown, handle_request, close (socketserver's BaseServer).
+ *
+ * serve_forever and shutdown follow an explicit state machine (idle-new,
+ * serving, stopped) guarded by `lock`, so a shutdown before the first
+ * serve_forever, after one has returned, twice in a row, or from inside a
+ * callback on the loop thread each has one defined result and none of them
+ * deadlocks or leaves a stale flag (socketserver-reference.md 2.3, 4.1).
+ * Other threads reach the loop only through `async`.
+ *
+ * Closing is asynchronous underneath (libuv's close-callback rule): every
+ * handle the server owns is counted in `pending_closes`, every connection
+ * stays on `conns` until its close completes, and the server is freed when
+ * both reach zero. uvs_server_close with no callback runs the loop until
+ * then, which is socketserver's synchronous server_close.
+ */
+#include "internal.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void on_async(uv_async_t* handle);
+static void on_service_timer(uv_timer_t* handle);
+static void on_request_timeout(uv_timer_t* handle);
+static void on_handle_closed(uv_handle_t* handle);
+static void close_server_handle(uvs_server_t* server, uv_handle_t* handle);
+static void finish_close(uvs_server_t* server);
+
+
+/* SIGPIPE's default action kills the process on a write to a reset
+ * connection. Ignore it once per process, unless the application has set a
+ * handler of its own, which is left alone. */
+static uv_once_t sigpipe_once = UV_ONCE_INIT;
+
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0)
+    return;
+  if ((sa.sa_flags & SA_SIGINFO) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+
+static int check_config(const uvs_config_t* config) {
+  if (config->request_queue_size < 0 || config->accept_batch == 0 ||
+      config->read_buffer_size == 0 || config->timeout_ms < -1) {
+    return UV_EINVAL;
+  }
+  switch (config->mode) {
+  case UVS_MODE_EVENT:
+    return 0;
+  case UVS_MODE_SYNC:
+  case UVS_MODE_THREADING:
+  case UVS_MODE_FORKING:
+    return UV_ENOTSUP;
+  }
+  return UV_EINVAL;
+}
+
+
+void uvs_config_init(uvs_config_t* config) {
+  memset(config, 0, sizeof(*config));
+  config->mode = UVS_MODE_EVENT;
+  config->bind_and_activate = 1;
+  config->request_queue_size = SOMAXCONN;
+  config->allow_reuse_address = 1;
+  config->allow_reuse_port = 0;
+  config->ipv6_only = 0;
+  config->timeout_ms = -1;
+  config->accept_batch = 16;
+  config->close_linger_ms = 2000;
+  config->read_buffer_size = 65536;
+}
+
+
+/* Frees what uvs_server_new allocated before any handle existed. */
+static void free_unstarted(uvs_server_t* server) {
+  if (server->fd >= 0)
+    close(server->fd);
+  if (server->owned_loop != NULL) {
+    uv_loop_close(server->owned_loop);
+    uvs__free(server->owned_loop);
+  }
+  uvs__free(server->read_buf);
+  uvs__free(server);
+}
+
+
+int uvs_server_new(uv_loop_t* loop,
+                   uvs_server_t** server_out,
+                   const char* address,
+                   const uvs_handler_t* handler,
+                   const uvs_config_t* config) {
+  uvs_config_t defaults;
+  uvs_server_t* server;
+  int r;
+
+  if (server_out == NULL)
+    return UV_EINVAL;
+  *server_out = NULL;
+  if (address == NULL || handler == NULL)
+    return UV_EINVAL;
+  if (config == NULL) {
+    uvs_config_init(&defaults);
+    config = &defaults;
+  }
+  r = check_config(config);
+  if (r != 0)
+    return r;
+
+  uv_once(&sigpipe_once, ignore_sigpipe);
+
+  server = uvs__calloc(1, sizeof(*server));
+  if (server == NULL)
+    return UV_ENOMEM;
+  server->fd = -1;
+  server->handler = *handler;
+  server->config = *config;
+  uvs__list_init(&server->conns);
+
+  r = uvs_address_parse(address, &server->address);
+  if (r != 0)
+    goto fail;
+  if (server->address.transport != UVS_TRANSPORT_TCP) {
+    r = UV_ENOTSUP;
+    goto fail;
+  }
+  server->read_buf = uvs__malloc(config->read_buffer_size);
+  if (server->read_buf == NULL) {
+    r = UV_ENOMEM;
+    goto fail;
+  }
+  if (loop == NULL) {
+    server->owned_loop = uvs__malloc(sizeof(*server->owned_loop));
+    if (server->owned_loop == NULL) {
+      r = UV_ENOMEM;
+      goto fail;
+    }
+    r = uv_loop_init(server->owned_loop);
+    if (r != 0) {
+      uvs__free(server->owned_loop);
+      server->owned_loop = NULL;
+      goto fail;
+    }
+    loop = server->owned_loop;
+  }
+  server->loop = loop;
+
+  /* The socket first, and bound before any handle exists, so that the
+   * common failures (EADDRINUSE, EACCES) unwind synchronously. */
+  r = uvs__listen_stream_open(server);
+  if (r != 0)
+    goto fail;
+  if (config->bind_and_activate) {
+    r = uvs_server_bind(server);
+    if (r == 0)
+      r = uvs_server_activate(server);
+    if (r != 0)
+      goto fail;
+  }
+
+  if (uv_mutex_init(&server->lock) != 0) {
+    r = UV_ENOMEM;
+    goto fail;
+  }
+  if (uv_cond_init(&server->cond) != 0) {
+    uv_mutex_destroy(&server->lock);
+    r = UV_ENOMEM;
+    goto fail;
+  }
+  r = uv_async_init(loop, &server->async, on_async);
+  if (r != 0) {
+    uv_cond_destroy(&server->cond);
+    uv_mutex_destroy(&server->lock);
+    goto fail;
+  }
+  /* The async handle only wakes the loop; it keeps it alive only while
+   * serve_forever runs. */
+  uv_unref((uv_handle_t*) &server->async);
+  uv_timer_init(loop, &server->service_timer);
+  uv_timer_init(loop, &server->accept_retry);
+  uv_handle_set_data((uv_handle_t*) &server->async, server);
+  uv_handle_set_data((uv_handle_t*) &server->service_timer, server);
+  uv_handle_set_data((uv_handle_t*) &server->accept_retry, server);
+  r = uv_poll_init_socket(loop, &server->poll, server->fd);
+  if (r != 0) {
+    /* Handles exist now: unwind through the close path. */
+    server->closing = true;
+    server->close_sync = server->owned_loop != NULL;
+    close_server_handle(server, (uv_handle_t*) &server->async);
+    close_server_handle(server, (uv_handle_t*) &server->service_timer);
+    close_server_handle(server, (uv_handle_t*) &server->accept_retry);
+    close(server->fd);
+    server->fd = -1;
+    if (server->owned_loop != NULL) {
+      while (server->pending_closes > 0)
+        uv_run(loop, UV_RUN_ONCE);
+      finish_close(server);
+    }
+    return r;
+  }
+  uv_handle_set_data((uv_handle_t*) &server->poll, server);
+  server->poll_inited = true;
+
+  *server_out = server;
+  return 0;
+
+fail:
+  free_unstarted(server);
+  return r;
+}
+
+
+int uvs_server_bind(uvs_server_t* server) {
+  if (server == NULL || server->closing)
+    return UV_EINVAL;
+  return uvs__listen_stream_bind(server);
+}
+
+
+int uvs_server_activate(uvs_server_t* server) {
+  if (server == NULL || server->closing)
+    return UV_EINVAL;
+  return uvs__listen_stream_activate(server);
+}
+
+
+int uvs_server_start(uvs_server_t* server) {
+  int r;
+  if (server == NULL || server->closing)
+    return UV_EINVAL;
+  if (!server->bound) {
+    r = uvs_server_bind(server);
+    if (r != 0)
+      return r;
+  }
+  if (!server->listening) {
+    r = uvs_server_activate(server);
+    if (r != 0)
+      return r;
+  }
+  server->accepting = true;
+  return uvs__listen_stream_update(server);
+}
+
+
+int uvs_server_stop(uvs_server_t* server) {
+  if (server == NULL)
+    return UV_EINVAL;
+  server->accepting = false;
+  if (server->closing)
+    return 0;
+  return uvs__listen_stream_update(server);
+}
+
+
+static bool stop_requested(uvs_server_t* server) {
+  bool stop;
+  uv_mutex_lock(&server->lock);
+  stop = server->stop_requested;
+  uv_mutex_unlock(&server->lock);
+  return stop;
+}
+
+
+int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
+  int r;
+
+  if (server == NULL || server->closing)
+    return UV_EINVAL;
+  uv_mutex_lock(&server->lock);
+  if (server->serve_state == UVS__SERVING || server->running) {
+    uv_mutex_unlock(&server->lock);
+    return UV_EBUSY;
+  }
+  if (server->stop_pending) {
+    /* shutdown came first (the test_shutdown race): serve nothing. */
+    server->stop_pending = false;
+    server->serve_state = UVS__STOPPED;
+    uv_cond_broadcast(&server->cond);
+    uv_mutex_unlock(&server->lock);
+    return 0;
+  }
+  server->serve_state = UVS__SERVING;
+  server->stop_requested = false;
+  server->serving_thread = uv_thread_self();
+  server->running = true;
+  uv_mutex_unlock(&server->lock);
+
+  r = uvs_server_start(server);
+  if (r == 0) {
+    uv_ref((uv_handle_t*) &server->async);
+    if (poll_interval_ms > 0 && server->config.hooks.service_actions != NULL) {
+      uv_timer_start(&server->service_timer,
+                     on_service_timer,
+                     poll_interval_ms,
+                     poll_interval_ms);
+    }
+    /* uv_run also returns when the application calls uv_stop on its loop;
+     * only a shutdown ends serve_forever. */
+    while (!stop_requested(server))
+      uv_run(server->loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&server->service_timer);
+    uv_unref((uv_handle_t*) &server->async);
+    uvs_server_stop(server);
+  }
+
+  uv_mutex_lock(&server->lock);
+  server->running = false;
+  server->serve_state = UVS__STOPPED;
+  server->stop_requested = false;
+  uv_cond_broadcast(&server->cond);
+  uv_mutex_unlock(&server->lock);
+  return r;
+}
+
+
+int uvs_server_shutdown(uvs_server_t* server) {
+  uv_thread_t self;
+
+  if (server == NULL)
+    return UV_EINVAL;
+  self = uv_thread_self();
+  uv_mutex_lock(&server->lock);
+  switch (server->serve_state) {
+  case UVS__IDLE_NEW:
+    server->stop_pending = true;
+    break;
+  case UVS__STOPPED:
+    break;
+  case UVS__SERVING:
+    server->stop_requested = true;
+    if (uv_thread_equal(&self, &server->serving_thread)) {
+      /* Inside a callback: waiting here would wait for ourselves. */
+      uv_stop(server->loop);
+      break;
+    }
+    uv_async_send(&server->async);
+    while (server->serve_state == UVS__SERVING)
+      uv_cond_wait(&server->cond, &server->lock);
+    break;
+  }
+  uv_mutex_unlock(&server->lock);
+  return 0;
+}
+
+
+int uvs_server_handle_request(uvs_server_t* server) {
+  bool was_accepting;
+  int r;
+
+  if (server == NULL || server->closing)
+    return UV_EINVAL;
+  uv_mutex_lock(&server->lock);
+  if (server->serve_state == UVS__SERVING || server->running) {
+    uv_mutex_unlock(&server->lock);
+    return UV_EBUSY;
+  }
+  server->running = true;
+  uv_mutex_unlock(&server->lock);
+
+  was_accepting = server->accepting;
+  server->one_shot = true;
+  server->one_shot_taken = false;
+  server->one_shot_done = false;
+  server->one_shot_timed_out = false;
+  server->one_shot_id = 0;
+  r = uvs_server_start(server);
+  if (r == 0) {
+    if (server->config.timeout_ms >= 0) {
+      uv_timer_start(&server->service_timer,
+                     on_request_timeout,
+                     (uint64_t) server->config.timeout_ms,
+                     0);
+    }
+    while (!server->one_shot_done && !server->one_shot_timed_out)
+      uv_run(server->loop, UV_RUN_ONCE);
+    uv_timer_stop(&server->service_timer);
+  }
+  server->one_shot = false;
+  server->accepting = was_accepting;
+  uvs__listen_stream_update(server);
+
+  if (r == 0 && server->one_shot_timed_out) {
+    if (server->config.hooks.handle_timeout != NULL) {
+      server->callback_depth++;
+      r = server->config.hooks.handle_timeout(server);
+      server->callback_depth--;
+    } else {
+      r = UV_ETIMEDOUT;
+    }
+  }
+  uv_mutex_lock(&server->lock);
+  server->running = false;
+  uv_mutex_unlock(&server->lock);
+  return r;
+}
+
+
+static void close_server_handle(uvs_server_t* server, uv_handle_t* handle) {
+  uvs__server_closing_handle(server);
+  uv_close(handle, on_handle_closed);
+}
+
+
+int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
+  uvs__list_t* node;
+  uvs__list_t* next;
+  bool busy;
+
+  if (server == NULL)
+    return UV_EINVAL;
+  uv_mutex_lock(&server->lock);
+  busy = server->running || server->serve_state == UVS__SERVING;
+  uv_mutex_unlock(&server->lock);
+  if (busy)
+    return UV_EBUSY;
+  if (server->closing)
+    return 0;
+  server->closing = true;
+  server->close_cb = cb;
+  server->accepting = false;
+
+  uvs__listen_stream_close(server);
+  close_server_handle(server, (uv_handle_t*) &server->async);
+  close_server_handle(server, (uv_handle_t*) &server->service_timer);
+  close_server_handle(server, (uv_handle_t*) &server->accept_retry);
+  for (node = server->conns.next; node != &server->conns; node = next) {
+    next = node->next;
+    uvs__conn_close_now(container_of(node, uvs_conn_t, node), UV_ECANCELED);
+  }
+
+  /* Run the loop here unless a caller's callback is on the stack (the loop
+   * is running then) and the loop is not ours; an owned loop is run by
+   * nobody else. */
+  if (server->owned_loop != NULL ||
+      (cb == NULL && server->callback_depth == 0)) {
+    server->close_sync = true;
+    while (server->pending_closes > 0 || !uvs__list_empty(&server->conns))
+      uv_run(server->loop, UV_RUN_ONCE);
+    finish_close(server);
+  }
+  return 0;
+}
+
+
+int uvs_server_address(const uvs_server_t* server, char* buf, size_t* size) {
+  if (server == NULL || !server->bound)
+    return UV_EINVAL;
+  return uvs_address_format(&server->address, buf, size);
+}
+
+
+int uvs_server_fileno(const uvs_server_t* server) {
+  if (server == NULL || server->fd < 0)
+    return UV_EBADF;
+  return server->fd;
+}
+
+
+uv_loop_t* uvs_server_loop(const uvs_server_t* server) {
+  return server->loop;
+}
+
+
+size_t uvs_server_connection_count(const uvs_server_t* server) {
+  return server->nconns;
+}
+
+
+void* uvs_server_get_data(const uvs_server_t* server) {
+  return server->data;
+}
+
+
+void uvs_server_set_data(uvs_server_t* server, void* data) {
+  server->data = data;
+}
+
+
+/* ---- Internal ------------------------------------------------------- */
+
+void uvs__server_error(uvs_server_t* server,
+                       uvs_conn_t* conn,
+                       const uvs_address_t* peer,
+                       int status) {
+  char text[UVS_ADDRSTRLEN];
+  size_t size = sizeof(text);
+
+  if (server->config.hooks.handle_error != NULL) {
+    server->callback_depth++;
+    server->config.hooks.handle_error(server, conn, peer, status);
+    server->callback_depth--;
+    return;
+  }
+  if (peer == NULL || uvs_address_format(peer, text, &size) != 0)
+    snprintf(text, sizeof(text), "%s", "(no peer)");
+  fprintf(stderr,
+          "uvs: error processing request from %s: %s (%s)\n",
+          text,
+          uvs_strerror(status),
+          uvs_err_name(status));
+}
+
+
+void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
+  if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
+    server->one_shot_done = true;
+  if (server->closing && !server->close_sync && server->pending_closes == 0 &&
+      uvs__list_empty(&server->conns)) {
+    finish_close(server);
+  }
+}
+
+
+void uvs__server_closing_handle(uvs_server_t* server) {
+  server->pending_closes++;
+}
+
+
+void uvs__server_handle_closed(uvs_server_t* server) {
+  server->pending_closes--;
+  if (!server->close_sync && server->pending_closes == 0 &&
+      uvs__list_empty(&server->conns)) {
+    finish_close(server);
+  }
+}
+
+
+static void on_handle_closed(uv_handle_t* handle) {
+  uvs__server_handle_closed(uv_handle_get_data(handle));
+}
+
+
+static void finish_close(uvs_server_t* server) {
+  uv_loop_t* owned = server->owned_loop;
+
+  if (server->close_cb != NULL)
+    server->close_cb(server);
+  uv_mutex_destroy(&server->lock);
+  uv_cond_destroy(&server->cond);
+  uvs__free(server->read_buf);
+  uvs__free(server);
+  if (owned != NULL) {
+    uv_run(owned, UV_RUN_NOWAIT);
+    uv_loop_close(owned);
+    uvs__free(owned);
+  }
+}
+
+
+static void on_async(uv_async_t* handle) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, async);
+  if (stop_requested(server))
+    uv_stop(server->loop);
+}
+
+
+static void on_service_timer(uv_timer_t* handle) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, service_timer);
+  server->callback_depth++;
+  server->config.hooks.service_actions(server);
+  server->callback_depth--;
+}
+
+
+static void on_request_timeout(uv_timer_t* handle) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, service_timer);
+  /* The timeout covers the wait for a request, not its service. */
+  if (!server->one_shot_taken)
+    server->one_shot_timed_out = true;
+}

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Config defaults (socketserver's, or a documented better one), version
+ * and error text, and argument validation at uvs_server_new.
+ */
+#include "test.h"
+
+#include "internal.h"
+
+
+static void config_defaults(void) {
+  uvs_config_t config;
+  memset(&config, 0xff, sizeof(config));
+  uvs_config_init(&config);
+  ASSERT_EQ(config.mode, UVS_MODE_EVENT);
+  ASSERT_EQ(config.bind_and_activate, 1);
+  ASSERT_EQ(config.request_queue_size, SOMAXCONN);
+  ASSERT_EQ(config.allow_reuse_address, 1);
+  ASSERT_EQ(config.allow_reuse_port, 0);
+  ASSERT_EQ(config.ipv6_only, 0);
+  ASSERT_EQ(config.timeout_ms, -1);
+  ASSERT_EQ(config.accept_batch, 16);
+  ASSERT_EQ(config.close_linger_ms, 2000);
+  ASSERT_EQ(config.read_buffer_size, 65536);
+  ASSERT_TRUE(config.hooks.verify_request == NULL);
+  ASSERT_TRUE(config.hooks.handle_error == NULL);
+  ASSERT_TRUE(config.hooks.handle_timeout == NULL);
+  ASSERT_TRUE(config.hooks.service_actions == NULL);
+  ASSERT_TRUE(config.hooks.shutdown_request == NULL);
+}
+
+
+static void version(void) {
+  char want[32];
+  ASSERT_EQ(uvs_version(), UVS_VERSION_HEX);
+  snprintf(want,
+           sizeof(want),
+           "%d.%d.%d",
+           UVS_VERSION_MAJOR,
+           UVS_VERSION_MINOR,
+           UVS_VERSION_PATCH);
+  ASSERT_STR_EQ(uvs_version_string(), want);
+}
+
+
+static void error_text(void) {
+  ASSERT_STR_EQ(uvs_err_name(UV_EINVAL), "EINVAL");
+  ASSERT_STR_EQ(uvs_err_name(UV_EADDRINUSE), "EADDRINUSE");
+  ASSERT_STR_EQ(uvs_strerror(UV_EINVAL), uv_strerror(UV_EINVAL));
+  ASSERT_STR_EQ(uvs_strerror(0), "success");
+  ASSERT_STR_EQ(uvs_err_name(0), "OK");
+  /* Unknown codes answer without allocating (libuv's leak). */
+  ASSERT_STR_EQ(uvs_strerror(-123456), "unknown error");
+  ASSERT_STR_EQ(uvs_err_name(-123456), "UNKNOWN");
+  ASSERT_STR_EQ(uvs_strerror(12), "unknown error");
+}
+
+
+static void new_rejects_bad_arguments(void) {
+  uvs_handler_t handler;
+  uvs_config_t config;
+  uvs_server_t* server = (uvs_server_t*) &handler;
+
+  memset(&handler, 0, sizeof(handler));
+  ASSERT_ERR(uvs_server_new(NULL, NULL, "tcp://127.0.0.1:0", &handler, NULL),
+             UV_EINVAL);
+  ASSERT_ERR(uvs_server_new(NULL, &server, NULL, &handler, NULL), UV_EINVAL);
+  ASSERT_NULL(server);
+  ASSERT_ERR(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", NULL, NULL),
+             UV_EINVAL);
+  ASSERT_ERR(uvs_server_new(NULL, &server, "tcp://127.0.0.1", &handler, NULL),
+             UV_EINVAL);
+  ASSERT_ERR(uvs_server_new(NULL, &server, "bogus", &handler, NULL), UV_EINVAL);
+  ASSERT_NULL(server);
+
+  uvs_config_init(&config);
+  config.accept_batch = 0;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
+  config.request_queue_size = -1;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
+  config.read_buffer_size = 0;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
+  config.timeout_ms = -2;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
+  config.mode = (uvs_mode_t) 42;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  ASSERT_NULL(server);
+}
+
+
+/* Modes and transports of later releases say so instead of misbehaving. */
+static void new_rejects_unserved(void) {
+  static const uvs_mode_t modes[] = { UVS_MODE_SYNC,
+                                      UVS_MODE_THREADING,
+                                      UVS_MODE_FORKING };
+  static const char* const addrs[] = { "udp://127.0.0.1:0",
+                                       "unix:/tmp/uvs-never-made.sock",
+                                       "unixgram:/tmp/uvs-never-made.sock" };
+  uvs_handler_t handler;
+  uvs_config_t config;
+  uvs_server_t* server;
+  size_t i;
+
+  memset(&handler, 0, sizeof(handler));
+  for (i = 0; i < ARRAY_SIZE(modes); i++) {
+    uvs_config_init(&config);
+    config.mode = modes[i];
+    ASSERT_ERR(
+        uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+        UV_ENOTSUP);
+    ASSERT_NULL(server);
+  }
+  for (i = 0; i < ARRAY_SIZE(addrs); i++) {
+    ASSERT_ERR(uvs_server_new(NULL, &server, addrs[i], &handler, NULL),
+               UV_ENOTSUP);
+    ASSERT_NULL(server);
+  }
+  ASSERT_EQ(access("/tmp/uvs-never-made.sock", F_OK), -1);
+}
+
+
+/* Every allocation uvs_server_new makes can fail: each failure returns
+ * UV_ENOMEM and leaves nothing behind (ASan checks the leaks, the harness
+ * the descriptors). */
+static void new_survives_allocation_failures(void) {
+  uvs_handler_t handler;
+  uvs_server_t* server;
+  long n;
+  int r;
+
+  memset(&handler, 0, sizeof(handler));
+  for (n = 0; n < 64; n++) {
+    uvs__alloc_fail_after(n);
+    r = uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, NULL);
+    uvs__alloc_fail_after(-1);
+    if (r == 0) {
+      ASSERT_OK(uvs_server_close(server, NULL));
+      break;
+    }
+    ASSERT_ERR(r, UV_ENOMEM);
+    ASSERT_NULL(server);
+  }
+  ASSERT_LT(n, 64);
+  ASSERT_GT(n, 0);
+}
+
+
+static const test_case_t cases[] = {
+  { "config_defaults", config_defaults },
+  { "version", version },
+  { "error_text", error_text },
+  { "new_rejects_bad_arguments", new_rejects_bad_arguments },
+  { "new_rejects_unserved", new_rejects_unserved },
+  { "new_survives_allocation_failures", new_survives_allocation_failures },
+};
+
+TEST_MAIN(cases)
