@@ -9,7 +9,8 @@
  * the bound one; the listeners wrap every peer.
  *
  * Invariants: text that format writes parses back into the same sockaddr
- * (except an unnamed Unix socket, see format_unix), and a parse never
+ * (except an unnamed Unix socket or an empty abstract name, which name
+ * nothing to bind, and sin6_flowinfo, which is not written), and a parse never
  * truncates: an address is taken whole or refused. The parser reads the
  * text strictly, because addresses come from command lines and config
  * files and a typo must fail loudly rather than bind something else: one

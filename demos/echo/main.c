@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 /* Queued output above which a connection stops reading (1 MiB). */
-#define ECHO_HIGH_WATER (1024 * 1024)
+#define ECHO_HIGH_WATER ((size_t) 1024 * 1024)
 
 #if defined(__GNUC__) || defined(__clang__)
 # define ECHO_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -354,9 +354,13 @@ static void close_handle(uv_handle_t* handle) {
 
 int main(int argc, char** argv) {
   echo_options_t opts;
-  echo_app_t app;
+  echo_app_t app = { 0 };
   uvs_config_t config;
-  uvs_handler_t handler;
+  /* on_eof stays NULL: the default flushes what is pending, then closes. */
+  uvs_handler_t handler = { .state_size = sizeof(echo_state_t),
+                            .on_data = on_data,
+                            .on_drain = on_drain,
+                            .on_close = on_close };
   uv_loop_t* loop;
   char address[UVS_ADDRSTRLEN];
   size_t size = sizeof(address);
@@ -370,14 +374,6 @@ int main(int argc, char** argv) {
   if (opts.quiet) {
     config.hooks.handle_error = on_error_quiet;
   }
-  memset(&handler, 0, sizeof(handler));
-  handler.state_size = sizeof(echo_state_t);
-  handler.on_data = on_data;
-  handler.on_drain = on_drain;
-  handler.on_close = on_close;
-  /* handler.on_eof stays NULL: flush what is pending, then close. */
-
-  memset(&app, 0, sizeof(app));
   app.drain_ms = opts.drain_ms;
   app.quiet = opts.quiet;
 

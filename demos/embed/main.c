@@ -121,7 +121,7 @@ static void on_connect(uv_connect_t* req, int status) {
 }
 
 int main(void) {
-  uvs_handler_t handler;
+  uvs_handler_t handler = { .on_data = on_data }; /* the rest: defaults */
   uvs_config_t config;
   uvs_address_t addr;
   char text[UVS_ADDRSTRLEN];
@@ -137,8 +137,6 @@ int main(void) {
 
   /* A uvs echo server on the same loop: port 0 picks a free port, and
    * uvs_server_start accepts without running the loop. */
-  memset(&handler, 0, sizeof(handler));
-  handler.on_data = on_data;
   uvs_config_init(&config);
   config.mode = UVS_MODE_EVENT;
   err = uvs_server_new(&loop, &server, "tcp://127.0.0.1:0", &handler, &config);

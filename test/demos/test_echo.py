@@ -262,8 +262,8 @@ def case_listening_line():
 
 
 def case_listen_equals_form():
-    with Server("--listen=tcp://127.0.0.1:0", "--drain=0.5", "--quiet",
-                listen=None) as srv:
+    with Server("--listen=tcp://127.0.0.1:0", "--mode=event", "--drain=0.5",
+                "--quiet", listen=None) as srv:
         data = b"flag=value\n"
         same(echo_stream(srv.port, data), data, "echo")
 
