@@ -11,10 +11,14 @@
 
 /* Allocations left before failures start; negative: never fail. */
 static atomic_long fail_after = -1;
+/* Allocations made so far, for tests that prove a path allocates nothing. */
+static atomic_ulong alloc_count;
 
 
 static bool should_fail(void) {
-  long left = atomic_load_explicit(&fail_after, memory_order_relaxed);
+  long left;
+  atomic_fetch_add_explicit(&alloc_count, 1, memory_order_relaxed);
+  left = atomic_load_explicit(&fail_after, memory_order_relaxed);
   if (left < 0)
     return false;
   if (left == 0)
@@ -45,4 +49,9 @@ void uvs__free(void* ptr) {
 
 void uvs__alloc_fail_after(long n) {
   atomic_store_explicit(&fail_after, n, memory_order_relaxed);
+}
+
+
+unsigned long uvs__alloc_count(void) {
+  return atomic_load_explicit(&alloc_count, memory_order_relaxed);
 }

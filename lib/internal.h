@@ -60,6 +60,8 @@ void* uvs__calloc(size_t count, size_t size);
 void uvs__free(void* ptr);
 /* Test hook: the next `n` allocations succeed, then all fail; -1 disables. */
 void uvs__alloc_fail_after(long n);
+/* Test hook: how many allocations were asked for so far. */
+unsigned long uvs__alloc_count(void);
 
 
 /* ---- addr.c ---------------------------------------------------------- */
