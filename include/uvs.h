@@ -241,19 +241,24 @@ UVS_EXTERN const char* uvs_err_name(int err);
 /* ---- Addresses ------------------------------------------------------- */
 
 /** Parses `text` (tcp://HOST:PORT, udp://HOST:PORT, unix:PATH,
- * unixgram:PATH) into `addr`. HOST is an IPv4 literal, an IPv6 literal in
- * brackets or a host name, which is resolved with getaddrinfo (blocking;
- * IPv4 results are preferred, as Python's AF_INET default). PORT is 0 to
- * 65535 (0: any free port). Returns 0, UV_EINVAL for malformed text,
- * UV_ENAMETOOLONG for a Unix path longer than sockaddr_un holds, or a
- * UV_EAI_* code when the host does not resolve. Threads: any. */
+ * unixgram:PATH; the scheme is case-insensitive) into `addr`. HOST is an
+ * IPv4 literal, an IPv6 literal in brackets with an optional %scope
+ * (`[fe80::1%eth0]`), or a host name, resolved with getaddrinfo (blocking;
+ * IPv4 results first, as Python's AF_INET default). PORT is 0 to 65535 (0:
+ * any free port). PATH is not empty; `@name` is a Linux abstract name
+ * (`./@x` names a file). Returns 0; UV_EINVAL for malformed text;
+ * UV_ENAMETOOLONG for a path longer than sockaddr_un holds (never
+ * truncated); a UV_EAI_* code when the host or scope does not resolve. On
+ * failure `addr` is unchanged. Threads: any. */
 UVS_EXTERN int uvs_address_parse(const char* text, uvs_address_t* addr);
 
-/** Formats `addr` as text that uvs_address_parse reads back into
- * `buf` of `*size` bytes (UVS_ADDRSTRLEN is always enough), and sets `*size`
- * to its length without the NUL. Returns 0, UV_EINVAL for an address it
- * cannot format, or UV_ENOBUFS with `*size` set to the bytes needed,
- * NUL included. Threads: any. */
+/** Formats `addr` as text that uvs_address_parse reads back into `buf`
+ * of `*size` bytes (UVS_ADDRSTRLEN is always enough), and sets `*size` to
+ * its length without the NUL. An unnamed Unix socket (an unbound client)
+ * formats as "unix:", which does not parse back. Returns 0, UV_EINVAL for
+ * an address it cannot format (unknown transport, an abstract name with a
+ * NUL byte), or UV_ENOBUFS with `*size` set to the bytes needed, NUL
+ * included, and nothing written. Threads: any. */
 UVS_EXTERN int uvs_address_format(const uvs_address_t* addr,
                                   char* buf,
                                   size_t* size);

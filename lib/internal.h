@@ -66,8 +66,11 @@ unsigned long uvs__alloc_count(void);
 
 /* ---- addr.c ---------------------------------------------------------- */
 
-/* Fills `addr` from a sockaddr the kernel returned (accept, getsockname).
- * Returns 0 or UV_EINVAL for a family uvs does not know. */
+/* Fills `addr` from a sockaddr the kernel returned (accept, getsockname,
+ * recvfrom). TCP and UDP lengths are cut to the family's own size; a Unix
+ * length too short to hold a path is an unnamed peer. Returns 0, or
+ * UV_EINVAL for a family uvs does not know, one that does not match
+ * `transport`, or a length larger than uvs_address_t holds. */
 int uvs__addr_from_sockaddr(uvs_address_t* addr,
                             uvs_transport_t transport,
                             const struct sockaddr* sa,
