@@ -95,18 +95,15 @@ int uvs__conn_accept(uvs_server_t* server,
 }
 
 
+/* The shutdown_request hook runs once per connection, when its close
+ * begins, while the descriptor is still open. */
 static void notify_shutdown_request(uvs_conn_t* conn) {
-  uvs_server_t* server = conn->server;
-  if (conn->shutdown_notified)
+  if (conn->shutdown_notified || !conn->opened)
     return;
   conn->shutdown_notified = true;
-  if (server->config.hooks.shutdown_request != NULL && conn->opened) {
-    server->callback_depth++;
-    server->config.hooks.shutdown_request(server,
-                                          uvs_conn_fileno(conn),
-                                          &conn->peer);
-    server->callback_depth--;
-  }
+  uvs__server_shutdown_request(conn->server,
+                               uvs_conn_fileno(conn),
+                               &conn->peer);
 }
 
 

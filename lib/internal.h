@@ -144,6 +144,10 @@ void uvs__server_error(uvs_server_t* server,
                        uvs_conn_t* conn,
                        const uvs_address_t* peer,
                        int status);
+/* Runs the shutdown_request hook, if any, for a request about to close. */
+void uvs__server_shutdown_request(uvs_server_t* server,
+                                  uv_os_sock_t fd,
+                                  const uvs_address_t* peer);
 /* Counts one more handle whose uv_close callback is due; its callback calls
  * uvs__server_handle_closed. */
 void uvs__server_closing_handle(uvs_server_t* server);

@@ -190,17 +190,6 @@ static void on_accept_retry(uv_timer_t* handle) {
 }
 
 
-static void notify_shutdown_request(uvs_server_t* server,
-                                    int fd,
-                                    const uvs_address_t* peer) {
-  if (server->config.hooks.shutdown_request == NULL)
-    return;
-  server->callback_depth++;
-  server->config.hooks.shutdown_request(server, fd, peer);
-  server->callback_depth--;
-}
-
-
 static void take_connection(uvs_server_t* server,
                             int fd,
                             const struct sockaddr* sa,
@@ -228,7 +217,7 @@ static void take_connection(uvs_server_t* server,
     server->callback_depth--;
   }
   if (!accept || server->closing) {
-    notify_shutdown_request(server, fd, &peer);
+    uvs__server_shutdown_request(server, fd, &peer);
     shutdown(fd, SHUT_WR);
     close(fd);
     if (server->one_shot)

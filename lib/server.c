@@ -513,6 +513,17 @@ void uvs__server_error(uvs_server_t* server,
 }
 
 
+void uvs__server_shutdown_request(uvs_server_t* server,
+                                  uv_os_sock_t fd,
+                                  const uvs_address_t* peer) {
+  if (server->config.hooks.shutdown_request == NULL)
+    return;
+  server->callback_depth++;
+  server->config.hooks.shutdown_request(server, fd, peer);
+  server->callback_depth--;
+}
+
+
 void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
   if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
     server->one_shot_done = true;
