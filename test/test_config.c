@@ -159,7 +159,30 @@ static void new_survives_allocation_failures(void) {
 }
 
 
+/* SIGPIPE's default action would kill the process on a write to a reset
+ * connection: a server turns it off (uvs leaves an application's own
+ * handler alone). */
+static void sigpipe_ignored(void) {
+  uvs_handler_t handler;
+  uvs_server_t* server;
+  struct sigaction sa;
+  int sv[2];
+
+  memset(&handler, 0, sizeof(handler));
+  ASSERT_OK(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_EQ(sigaction(SIGPIPE, NULL, &sa), 0);
+  ASSERT_TRUE(sa.sa_handler == SIG_IGN);
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  close(sv[1]);
+  ASSERT_EQ(write(sv[0], "x", 1), -1);
+  ASSERT_EQ(errno, EPIPE);
+  close(sv[0]);
+  ASSERT_OK(uvs_server_close(server, NULL));
+}
+
+
 static const test_case_t cases[] = {
+  { "sigpipe_ignored", sigpipe_ignored },
   { "config_defaults", config_defaults },
   { "version", version },
   { "error_text", error_text },
