@@ -378,13 +378,23 @@ int uvs_server_handle_request(uvs_server_t* server) {
   r = uvs_server_start(server);
   if (r == 0) {
     if (server->config.timeout_ms >= 0) {
+      /* The loop's clock may be stale (the loop sat idle): the timeout
+       * counts from this call. */
+      uv_update_time(server->loop);
       uv_timer_start(&server->service_timer,
                      on_request_timeout,
                      (uint64_t) server->config.timeout_ms,
                      0);
     }
-    while (!server->one_shot_done && !server->one_shot_timed_out)
+    while (!server->one_shot_done && !server->one_shot_timed_out) {
       uv_run(server->loop, UV_RUN_ONCE);
+      /* The deadline passed: one last look, without blocking, for a
+       * connection that is already waiting (Python's select(0)). */
+      if (server->one_shot_timed_out && !server->one_shot_taken)
+        uv_run(server->loop, UV_RUN_NOWAIT);
+      if (server->one_shot_taken)
+        server->one_shot_timed_out = false;
+    }
     uv_timer_stop(&server->service_timer);
   }
   server->one_shot = false;
@@ -588,6 +598,10 @@ static void on_service_timer(uv_timer_t* handle) {
 static void on_request_timeout(uv_timer_t* handle) {
   uvs_server_t* server = container_of(handle, uvs_server_t, service_timer);
   /* The timeout covers the wait for a request, not its service. */
-  if (!server->one_shot_taken)
+  if (!server->one_shot_taken) {
     server->one_shot_timed_out = true;
+    /* It may fire in UV_RUN_ONCE's timer phase before the poll phase:
+     * make that poll return at once instead of blocking for I/O. */
+    uv_stop(server->loop);
+  }
 }

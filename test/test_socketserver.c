@@ -557,6 +557,42 @@ static void handle_request_timeout(void) {
 }
 
 
+/* timeout = 0 is a poll, as Python's select(0): with no client waiting
+ * handle_request returns handle_timeout's value at once; with one waiting
+ * it serves it. */
+static void handle_request_timeout_zero(void) {
+  ctx_t ctx;
+  uvs_config_t config;
+  uvs_server_t* server;
+  char buf[LINE_MAX_LEN];
+  uint64_t start;
+  int fd;
+
+  memset(&ctx, 0, sizeof(ctx));
+  ctx.timeout_result = 4242;
+  uvs_config_init(&config);
+  config.timeout_ms = 0;
+  config.hooks.handle_timeout = count_timeout;
+  server = make_server(&config, &ctx);
+
+  start = test_now_ms();
+  ASSERT_EQ(uvs_server_handle_request(server), 4242);
+  ASSERT_LT(test_now_ms() - start, 1000);
+  ASSERT_EQ(ctx.timeouts, 1);
+
+  fd = test_connect("127.0.0.1", test_server_port(server));
+  test_send_all(fd, "a\n", 2);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_OK(uvs_server_handle_request(server));
+  ASSERT_EQ(ctx.timeouts, 1);
+  ASSERT_EQ(atomic_load(&ctx.lines), 1);
+  ASSERT_EQ(recv_line(fd, buf, sizeof(buf), IO_TIMEOUT), 2);
+  ASSERT_STR_EQ(buf, "a\n");
+  close(fd);
+  ASSERT_OK(uvs_server_close(server, NULL));
+}
+
+
 static int readable_within(int fd, int timeout_ms) {
   struct pollfd pfd = { fd, POLLIN, 0 };
   return poll(&pfd, 1, timeout_ms) == 1;
@@ -759,6 +795,7 @@ static const test_case_t cases[] = {
     shutdown_request_once_when_rejected },
   { "error_reaches_handle_error", error_reaches_handle_error },
   { "handle_request_timeout", handle_request_timeout },
+  { "handle_request_timeout_zero", handle_request_timeout_zero },
   { "handle_request_serves_one", handle_request_serves_one },
   { "service_actions", service_actions },
   { "shutdown_from_handler", shutdown_from_handler },
