@@ -499,7 +499,74 @@ static void reset_before_accept(void) {
 }
 
 
+/* The default handle_error writes exactly one line per failed request,
+ * naming the peer and the error. */
+static void flood_open(uvs_conn_t* conn) {
+  size_t len = 16u << 20;
+  char* data = calloc(1, len);
+  ASSERT_NOT_NULL(data);
+  uvs_conn_write(conn, data, len);
+  free(data);
+  atomic_fetch_add(&opened, 1);
+}
+
+static void default_handle_error_logs_once(void) {
+  uvs_handler_t handler = echo_handler();
+  struct linger lg = { 1, 0 };
+  uvs_server_t* server;
+  uv_loop_t loop;
+  char path[] = "/tmp/uvs-test-stderr-XXXXXX";
+  char text[1024];
+  char want[64];
+  int saved;
+  int log;
+  int fd;
+  ssize_t n;
+  char* line2;
+
+  reset_counters();
+  handler.on_open = flood_open;
+  log = mkstemp(path);
+  ASSERT_GE(log, 0);
+  unlink(path);
+  saved = dup(2);
+  ASSERT_GE(saved, 0);
+  ASSERT_EQ(dup2(log, 2), 2);
+
+  ASSERT_OK(uv_loop_init(&loop));
+  ASSERT_OK(uvs_server_new(&loop, &server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_OK(uvs_server_start(server));
+  /* 16 MiB is more than the socket buffers hold: output stays queued. */
+  fd = test_connect("127.0.0.1", test_server_port(server));
+  run_until(&loop, &opened, 1);
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+  snprintf(want,
+           sizeof(want),
+           "%s",
+           "uvs: error processing request from tcp://127.0.0.1:");
+  close(fd);
+  run_until(&loop, &closed, 1);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+
+  ASSERT_EQ(dup2(saved, 2), 2);
+  close(saved);
+  n = pread(log, text, sizeof(text) - 1, 0);
+  close(log);
+  ASSERT_GT(n, 0);
+  text[n] = '\0';
+  printf("# logged: %s", text);
+  ASSERT_EQ(strncmp(text, want, strlen(want)), 0);
+  ASSERT_TRUE(strstr(text, "(ECONNRESET)\n") != NULL ||
+              strstr(text, "(EPIPE)\n") != NULL);
+  line2 = strchr(text, '\n');
+  ASSERT_NOT_NULL(line2);
+  ASSERT_EQ(line2[1], '\0');
+}
+
+
 static const test_case_t cases[] = {
+  { "default_handle_error_logs_once", default_handle_error_logs_once },
   { "bind_port_zero", bind_port_zero },
   { "bind_and_activate_separately", bind_and_activate_separately },
   { "verify_request_rejects", verify_request_rejects },
