@@ -398,6 +398,12 @@ static void accept_backs_off_on_emfile(void) {
   int port;
   int i;
 
+  /* valgrind keeps RLIMIT_NOFILE to itself and closes an accepted
+   * descriptor above it: the connection is lost, not deferred. */
+  if (getenv("UVS_TEST_VALGRIND") != NULL) {
+    printf("# SKIP valgrind virtualizes RLIMIT_NOFILE\n");
+    return;
+  }
   reset_counters();
   ASSERT_OK(uv_loop_init(&loop));
   uvs_config_init(&config);
