@@ -134,7 +134,9 @@ typedef int (*uvs_handle_timeout_cb)(uvs_server_t* server);
 /* Runs every poll interval while uvs_server_serve_forever runs. */
 typedef void (*uvs_service_actions_cb)(uvs_server_t* server);
 /* A request is about to be shut down (write side) and closed: once per
- * accepted connection, served or rejected. `fd` is still open. */
+ * accepted connection, served or rejected by verify_request (not for one
+ * uvs failed to take in, which reaches handle_error). `fd` is still
+ * open. */
 typedef void (*uvs_shutdown_request_cb)(uvs_server_t* server,
                                         uv_os_sock_t fd,
                                         const uvs_address_t* peer);
@@ -189,6 +191,12 @@ typedef struct uvs_config_s {
    * answer unread input with a reset, which can destroy the reply on its
    * way to the peer. Milliseconds, default 2000. */
   uint64_t close_linger_ms;
+  /* The longest a graceful close may take from uvs_conn_close until the
+   * last queued byte is sent: a peer that stops reading would otherwise
+   * hold the connection and its output forever. Past it the connection is
+   * reset and on_close gets UV_ETIMEDOUT. Milliseconds, default 30000; 0:
+   * no limit. */
+  uint64_t close_timeout_ms;
   /* Size of the server's one read buffer that every connection reads
    * into (an idle connection holds none). Default 65536. */
   size_t read_buffer_size;
@@ -282,8 +290,9 @@ UVS_EXTERN void uvs_config_init(uvs_config_t* config);
  * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOTSUP (a
  * transport or mode this release does not serve), UV_ENOMEM, or the bind
  * or listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
- * NULL and nothing is left open. Threads: the loop's, before it runs, or
- * any thread for a NULL loop. */
+ * NULL and nothing is left open (in the one rare case where handles were
+ * already made on the caller's loop, they finish closing when that loop
+ * next runs). Threads: the loop's, or any thread for a NULL loop. */
 UVS_EXTERN int uvs_server_new(uv_loop_t* loop,
                               uvs_server_t** server,
                               const char* address,
@@ -316,9 +325,11 @@ UVS_EXTERN int uvs_server_stop(uvs_server_t* server);
  * Unlike Python, the interval does not delay a shutdown. When it returns
  * the server no longer accepts; open connections stay open, unserved,
  * until the loop runs again or uvs_server_close. If shutdown was requested
- * before any serve_forever ran, returns 0 at once. Returns 0, UV_EBUSY
- * when the server is serving already, or a bind or listen error. Threads:
- * one thread at a time, which becomes the loop's thread. */
+ * before any serve_forever ran, returns 0 at once. Returns 0; UV_EBUSY
+ * while serve_forever or handle_request runs, or from inside any uvs
+ * callback (a loop runs on this thread already); UV_EINVAL while closing;
+ * or a bind or listen error. Threads: one thread at a time, which becomes
+ * the loop's thread. */
 UVS_EXTERN int uvs_server_serve_forever(uvs_server_t* server,
                                         uint64_t poll_interval_ms);
 
@@ -329,28 +340,34 @@ UVS_EXTERN int uvs_server_serve_forever(uvs_server_t* server,
  * When serve_forever has run and returned already, it does nothing (no
  * stale flag: the next serve_forever serves normally). When no
  * serve_forever has run yet, the request is remembered and the first one
- * returns at once (it does not wait for it). Returns 0. Threads: any. */
+ * returns at once (it does not wait for it). Returns 0. Call it only
+ * before uvs_server_close; a close waits for shutdown calls still
+ * returning. Threads: any. */
 UVS_EXTERN int uvs_server_shutdown(uvs_server_t* server);
 
 /** Serves exactly one request: waits up to config->timeout_ms for a
  * connection, accepts it and runs the loop until that connection is
- * closed, then stops accepting and returns 0. A connection rejected by
- * verify_request counts as the request. On timeout it calls the
- * handle_timeout hook and returns its value (default UV_ETIMEDOUT). The
- * timeout covers the wait for a request only, as in Python. Returns
- * UV_EBUSY while serve_forever or handle_request runs, or a bind or listen
+ * closed, then returns 0 with accepting as it was before the call. A
+ * connection rejected by verify_request counts as the request. On timeout
+ * it calls the handle_timeout hook and returns its value (default
+ * UV_ETIMEDOUT); the timeout covers the wait for a request only, as in
+ * Python, and a connection already waiting is served even with timeout 0.
+ * Returns UV_EBUSY while serve_forever or handle_request runs or from
+ * inside any uvs callback, UV_EINVAL while closing, or a bind or listen
  * error. */
 UVS_EXTERN int uvs_server_handle_request(uvs_server_t* server);
 
 /** Stops listening, closes the listening socket and every connection
- * (their on_close gets UV_ECANCELED), and frees the server; an owned loop
- * is closed and freed too. With a NULL `cb` it runs the loop until all is
- * closed and returns with everything freed: call it when the loop is not
- * running, or from inside one of this server's callbacks (then the rest
- * completes once the callback returns). With a `cb` it returns at once
- * and `cb` runs on the loop once all is closed; the server is freed when
- * `cb` returns. Returns 0, or UV_EBUSY (nothing done) while serve_forever
- * or handle_request runs. */
+ * (their on_close gets UV_ECANCELED), and frees the server. With a NULL
+ * `cb` it runs the loop until all is closed and returns with everything
+ * freed; called from inside a uvs callback (the loop is running) it
+ * returns at once and the rest completes on the loop. With a `cb` it
+ * returns at once and `cb` runs on the loop once all is closed; the server
+ * is freed when `cb` returns. A server that owns its loop (NULL loop at
+ * uvs_server_new) always closes synchronously, runs `cb` before returning,
+ * and frees the loop too; it must be closed from outside that loop.
+ * Returns 0; UV_EBUSY (nothing done) while serve_forever or handle_request
+ * runs, or for an owned loop from inside one of its callbacks. */
 UVS_EXTERN int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb);
 
 
@@ -371,7 +388,8 @@ UVS_EXTERN int uvs_server_fileno(const uvs_server_t* server);
 /** Returns the loop the server runs on (the owned one for a NULL loop). */
 UVS_EXTERN uv_loop_t* uvs_server_loop(const uvs_server_t* server);
 
-/** Returns the number of open connections. */
+/** Returns the number of connections accepted and not yet closed: one
+ * stops counting just before its on_close runs. */
 UVS_EXTERN size_t uvs_server_connection_count(const uvs_server_t* server);
 
 /** Returns the user data set with uvs_server_set_data (initially NULL).
@@ -387,8 +405,9 @@ UVS_EXTERN void uvs_server_set_data(uvs_server_t* server, void* data);
 
 /** Sends `len` bytes of `data`, copied: the caller keeps `data`. Bytes go
  * out in order; what the socket does not take at once is queued. Returns
- * 0, UV_EPIPE after uvs_conn_close or an abort, or UV_ENOMEM. A send
- * error closes the connection and reaches on_close and handle_error. */
+ * 0, UV_EPIPE after uvs_conn_close or an abort, or UV_ENOMEM (part of the
+ * bytes may be out, so the connection is closed too). A send error closes
+ * the connection and reaches on_close and handle_error. */
 UVS_EXTERN int uvs_conn_write(uvs_conn_t* conn, const void* data, size_t len);
 
 /** Sends `len` bytes of `data` without copying. `free_cb(data, arg)` runs
@@ -405,10 +424,13 @@ UVS_EXTERN int uvs_conn_write_nocopy(uvs_conn_t* conn,
 /** Returns the bytes written but not yet taken by the socket. */
 UVS_EXTERN size_t uvs_conn_write_queue_size(const uvs_conn_t* conn);
 
-/** Closes gracefully: stops delivering data, sends everything queued,
- * shuts down the write side, waits up to config->close_linger_ms for the
- * peer's EOF, then closes. on_close follows with status 0 unless a send
- * fails. Returns 0 (also when closing already). */
+/** Closes gracefully: stops delivering data, sends everything queued
+ * (within config->close_timeout_ms, else the connection is reset with
+ * UV_ETIMEDOUT), shuts down the write side, waits up to
+ * config->close_linger_ms for the peer's EOF, then closes. on_close
+ * follows with 0, or the error that ended it first (a send error,
+ * UV_ETIMEDOUT, UV_ECANCELED when the server closes meanwhile). Returns 0
+ * (also when closing already). */
 UVS_EXTERN int uvs_conn_close(uvs_conn_t* conn);
 
 /** Closes at once with a TCP reset; queued output is discarded. on_close

@@ -31,7 +31,7 @@ static void on_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf);
 static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
 static void on_write(uv_write_t* req, int status);
 static void on_shutdown(uv_shutdown_t* req, int status);
-static void on_linger_timeout(uv_timer_t* handle);
+static void on_close_timer(uv_timer_t* handle);
 static void on_tcp_closed(uv_handle_t* handle);
 static void on_timer_closed(uv_handle_t* handle);
 
@@ -87,9 +87,9 @@ int uvs__conn_accept(uvs_server_t* server,
   *id = conn->id;
   conn->opened = true;
   if (server->handler.on_open != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->handler.on_open(conn);
-    server->callback_depth--;
+    uvs__callback_depth--;
   }
   return 0;
 }
@@ -121,9 +121,9 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
   if (status < 0 && status != UV_ECANCELED && conn->opened)
     uvs__server_error(server, conn, &conn->peer, status);
   notify_shutdown_request(conn);
-  if (conn->linger_timer != NULL) {
+  if (conn->close_timer != NULL) {
     conn->pending_closes++;
-    uv_close((uv_handle_t*) conn->linger_timer, on_timer_closed);
+    uv_close((uv_handle_t*) conn->close_timer, on_timer_closed);
   }
   conn->pending_closes++;
   uv_close((uv_handle_t*) &conn->tcp, on_tcp_closed);
@@ -136,9 +136,9 @@ static void finish(uvs_conn_t* conn) {
 
   server->nconns--;
   if (conn->opened && server->handler.on_close != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->handler.on_close(conn, conn->status);
-    server->callback_depth--;
+    uvs__callback_depth--;
   }
   uvs__list_remove(&conn->node);
   uvs__free(conn);
@@ -156,7 +156,7 @@ static void on_tcp_closed(uv_handle_t* handle) {
 static void on_timer_closed(uv_handle_t* handle) {
   uvs_conn_t* conn = uv_handle_get_data(handle);
   uvs__free(handle);
-  conn->linger_timer = NULL;
+  conn->close_timer = NULL;
   if (--conn->pending_closes == 0)
     finish(conn);
 }
@@ -184,9 +184,9 @@ static void on_eof(uvs_conn_t* conn) {
     return;
   }
   if (server->handler.on_eof != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->handler.on_eof(conn);
-    server->callback_depth--;
+    uvs__callback_depth--;
   } else {
     uvs_conn_close(conn);
   }
@@ -201,9 +201,9 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     /* While closing, input is read only to see the peer's FIN. */
     if (conn->closing || server->handler.on_data == NULL)
       return;
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->handler.on_data(conn, buf->base, (size_t) nread);
-    server->callback_depth--;
+    uvs__callback_depth--;
     return;
   }
   if (nread == 0)
@@ -339,10 +339,13 @@ static int write_common(uvs_conn_t* conn,
                   free_arg);
   if (r != 0) {
     /* Part of the bytes may be out: the stream cannot go on without the
-     * rest, so the connection ends. */
+     * rest, so the connection ends. Out of memory, the caller keeps its
+     * bytes; otherwise they are done with. */
     uvs__conn_close_now(conn, r);
     if (r == UV_ENOMEM)
       return r;
+    if (free_cb != NULL)
+      free_cb((void*) data, free_arg);
   }
   return 0;
 }
@@ -381,9 +384,9 @@ static void on_write(uv_write_t* req, int status) {
 
   conn->write_queued -= w->len;
   if (w->free_cb != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     w->free_cb(w->free_data, w->free_arg);
-    server->callback_depth--;
+    uvs__callback_depth--;
   }
   uvs__free(w);
   if (status == UV_ECANCELED)
@@ -394,9 +397,9 @@ static void on_write(uv_write_t* req, int status) {
   }
   if (conn->write_queued == 0 && !conn->closing &&
       server->handler.on_drain != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->handler.on_drain(conn);
-    server->callback_depth--;
+    uvs__callback_depth--;
   }
 }
 
@@ -407,6 +410,29 @@ size_t uvs_conn_write_queue_size(const uvs_conn_t* conn) {
 
 
 /* ---- Closing -------------------------------------------------------- */
+
+/* SO_LINGER with a zero timeout makes close() send a reset. */
+static void set_reset_on_close(uvs_conn_t* conn) {
+  struct linger lg;
+  lg.l_onoff = 1;
+  lg.l_linger = 0;
+  setsockopt(uvs_conn_fileno(conn), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+
+/* (Re)starts the connection's one timer, made on first use so that an open
+ * connection carries none. */
+static int start_close_timer(uvs_conn_t* conn, uint64_t ms) {
+  if (conn->close_timer == NULL) {
+    conn->close_timer = uvs__malloc(sizeof(*conn->close_timer));
+    if (conn->close_timer == NULL)
+      return UV_ENOMEM;
+    uv_timer_init(conn->server->loop, conn->close_timer);
+    uv_handle_set_data((uv_handle_t*) conn->close_timer, conn);
+  }
+  return uv_timer_start(conn->close_timer, on_close_timer, ms, 0);
+}
+
 
 int uvs_conn_close(uvs_conn_t* conn) {
   int r;
@@ -422,8 +448,13 @@ int uvs_conn_close(uvs_conn_t* conn) {
     uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
   /* uv_shutdown runs after every queued write has completed. */
   r = uv_shutdown(&conn->shutdown_req, (uv_stream_t*) &conn->tcp, on_shutdown);
-  if (r != 0)
+  if (r != 0) {
     uvs__conn_close_now(conn, r == UV_ENOTCONN ? 0 : r);
+    return 0;
+  }
+  /* Without memory for the timer the flush is unbounded, as before. */
+  if (conn->write_queued > 0 && conn->server->config.close_timeout_ms > 0)
+    start_close_timer(conn, conn->server->config.close_timeout_ms);
   return 0;
 }
 
@@ -431,7 +462,6 @@ int uvs_conn_close(uvs_conn_t* conn) {
 static void on_shutdown(uv_shutdown_t* req, int status) {
   uvs_conn_t* conn = container_of(req, uvs_conn_t, shutdown_req);
   uvs_server_t* server = conn->server;
-  int r;
 
   if (conn->handle_closing)
     return;
@@ -440,42 +470,33 @@ static void on_shutdown(uv_shutdown_t* req, int status) {
     return;
   }
   conn->shut_done = true;
-  if (conn->eof || server->config.close_linger_ms == 0) {
+  if (conn->eof || server->config.close_linger_ms == 0 ||
+      start_close_timer(conn, server->config.close_linger_ms) != 0) {
     uvs__conn_close_now(conn, 0);
-    return;
   }
-  conn->linger_timer = uvs__malloc(sizeof(*conn->linger_timer));
-  if (conn->linger_timer == NULL) {
-    uvs__conn_close_now(conn, 0);
-    return;
-  }
-  uv_timer_init(server->loop, conn->linger_timer);
-  uv_handle_set_data((uv_handle_t*) conn->linger_timer, conn);
-  r = uv_timer_start(conn->linger_timer,
-                     on_linger_timeout,
-                     server->config.close_linger_ms,
-                     0);
-  if (r != 0)
-    uvs__conn_close_now(conn, 0);
 }
 
 
-static void on_linger_timeout(uv_timer_t* handle) {
-  uvs__conn_close_now(uv_handle_get_data((uv_handle_t*) handle), 0);
+/* Before our FIN is out the deadline is close_timeout_ms, and the peer is
+ * not reading: reset. After it, the linger for the peer's FIN is over:
+ * close. */
+static void on_close_timer(uv_timer_t* handle) {
+  uvs_conn_t* conn = uv_handle_get_data((uv_handle_t*) handle);
+  if (conn->shut_done) {
+    uvs__conn_close_now(conn, 0);
+    return;
+  }
+  set_reset_on_close(conn);
+  uvs__conn_close_now(conn, UV_ETIMEDOUT);
 }
 
 
 int uvs_conn_abort(uvs_conn_t* conn) {
-  struct linger lg;
-
   if (conn == NULL)
     return UV_EINVAL;
   if (conn->handle_closing)
     return 0;
-  /* SO_LINGER with a zero timeout makes close() send a reset. */
-  lg.l_onoff = 1;
-  lg.l_linger = 0;
-  setsockopt(uvs_conn_fileno(conn), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  set_reset_on_close(conn);
   uvs__conn_close_now(conn, 0);
   return 0;
 }

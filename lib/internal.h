@@ -51,6 +51,14 @@ static inline void uvs__list_remove(uvs__list_t* node) {
 }
 
 
+/* ---- Callbacks ------------------------------------------------------ */
+
+/* > 0 while this thread runs a uvs user callback, of any server: a loop is
+ * running on this thread then, so nothing may run a loop again (libuv's
+ * uv_run is not re-entrant). Defined in server.c. */
+extern _Thread_local int uvs__callback_depth;
+
+
 /* ---- alloc.c --------------------------------------------------------- */
 
 /* Every allocation in lib/ goes through these: one place for tests to inject
@@ -117,8 +125,10 @@ struct uvs_server_s {
   uv_mutex_t lock;
   uv_cond_t cond;
   uvs__serve_state_t serve_state;
-  bool stop_requested; /* stop the running serve_forever */
-  bool stop_pending;   /* shutdown came before any serve_forever */
+  bool stop_requested;       /* stop the running serve_forever */
+  bool stop_pending;         /* shutdown came before any serve_forever */
+  uint64_t serve_generation; /* serve_forever runs that have returned */
+  int shutdown_waiters;      /* threads inside uvs_server_shutdown */
   uv_thread_t serving_thread;
   uv_async_t async; /* wakes the loop from other threads */
   uv_timer_t service_timer;
@@ -132,7 +142,6 @@ struct uvs_server_s {
   uint64_t one_shot_id;    /* its uvs_conn_id, 0 when rejected */
 
   /* Closing. */
-  int callback_depth; /* > 0 while uvs runs a user callback */
   bool closing;
   bool close_sync;    /* uvs_server_close runs the loop itself */
   int pending_closes; /* handles whose close callback is due */
@@ -194,7 +203,7 @@ struct uvs_conn_s {
   uint64_t id;
   size_t write_queued; /* bytes in queued uv_write requests */
   uv_shutdown_t shutdown_req;
-  uv_timer_t* linger_timer;
+  uv_timer_t* close_timer;
   void* state;
   int status; /* reason for on_close */
   int pending_closes;

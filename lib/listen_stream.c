@@ -212,9 +212,9 @@ static void take_connection(uvs_server_t* server,
    * costs no memory. A rejected client sees EOF at once (bpo-26309). */
   accept = 1;
   if (server->config.hooks.verify_request != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     accept = server->config.hooks.verify_request(server, &peer);
-    server->callback_depth--;
+    uvs__callback_depth--;
   }
   if (!accept || server->closing) {
     uvs__server_shutdown_request(server, fd, &peer);

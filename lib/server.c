@@ -33,6 +33,9 @@ static void close_server_handle(uvs_server_t* server, uv_handle_t* handle);
 static void finish_close(uvs_server_t* server);
 
 
+_Thread_local int uvs__callback_depth;
+
+
 /* SIGPIPE's default action kills the process on a write to a reset
  * connection. Ignore it once per process, unless the application has set a
  * handler of its own, which is left alone. */
@@ -79,6 +82,7 @@ void uvs_config_init(uvs_config_t* config) {
   config->timeout_ms = -1;
   config->accept_batch = 16;
   config->close_linger_ms = 2000;
+  config->close_timeout_ms = 30000;
   config->read_buffer_size = 65536;
 }
 
@@ -109,6 +113,10 @@ int uvs_server_new(uv_loop_t* loop,
     return UV_EINVAL;
   *server_out = NULL;
   if (address == NULL || handler == NULL)
+    return UV_EINVAL;
+  /* Per-request state is allocated with the connection: keep the sum far
+   * from overflowing. */
+  if (handler->state_size > SIZE_MAX / 2)
     return UV_EINVAL;
   if (config == NULL) {
     uvs_config_init(&defaults);
@@ -278,6 +286,8 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
 
   if (server == NULL || server->closing)
     return UV_EINVAL;
+  if (uvs__callback_depth > 0)
+    return UV_EBUSY; /* a loop already runs on this thread */
   uv_mutex_lock(&server->lock);
   if (server->serve_state == UVS__SERVING || server->running) {
     uv_mutex_unlock(&server->lock);
@@ -287,6 +297,7 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
     /* shutdown came first (the test_shutdown race): serve nothing. */
     server->stop_pending = false;
     server->serve_state = UVS__STOPPED;
+    server->serve_generation++;
     uv_cond_broadcast(&server->cond);
     uv_mutex_unlock(&server->lock);
     return 0;
@@ -319,6 +330,7 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
   server->running = false;
   server->serve_state = UVS__STOPPED;
   server->stop_requested = false;
+  server->serve_generation++;
   uv_cond_broadcast(&server->cond);
   uv_mutex_unlock(&server->lock);
   return r;
@@ -326,6 +338,7 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
 
 
 int uvs_server_shutdown(uvs_server_t* server) {
+  uint64_t generation;
   uv_thread_t self;
 
   if (server == NULL)
@@ -345,9 +358,16 @@ int uvs_server_shutdown(uvs_server_t* server) {
       uv_stop(server->loop);
       break;
     }
+    /* Wait for this serve_forever to return, not for one that the
+     * serving thread may start right after it (a restart loop). */
+    generation = server->serve_generation;
+    server->shutdown_waiters++;
     uv_async_send(&server->async);
-    while (server->serve_state == UVS__SERVING)
+    while (server->serve_generation == generation)
       uv_cond_wait(&server->cond, &server->lock);
+    /* uvs_server_close waits for the last waiter before it frees. */
+    if (--server->shutdown_waiters == 0)
+      uv_cond_broadcast(&server->cond);
     break;
   }
   uv_mutex_unlock(&server->lock);
@@ -361,6 +381,8 @@ int uvs_server_handle_request(uvs_server_t* server) {
 
   if (server == NULL || server->closing)
     return UV_EINVAL;
+  if (uvs__callback_depth > 0)
+    return UV_EBUSY; /* a loop already runs on this thread */
   uv_mutex_lock(&server->lock);
   if (server->serve_state == UVS__SERVING || server->running) {
     uv_mutex_unlock(&server->lock);
@@ -377,6 +399,9 @@ int uvs_server_handle_request(uvs_server_t* server) {
   server->one_shot_id = 0;
   r = uvs_server_start(server);
   if (r == 0) {
+    /* Keep the loop alive while the connection pauses its reading, so
+     * UV_RUN_ONCE blocks instead of spinning. */
+    uv_ref((uv_handle_t*) &server->async);
     if (server->config.timeout_ms >= 0) {
       /* The loop's clock may be stale (the loop sat idle): the timeout
        * counts from this call. */
@@ -396,6 +421,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
         server->one_shot_timed_out = false;
     }
     uv_timer_stop(&server->service_timer);
+    uv_unref((uv_handle_t*) &server->async);
   }
   server->one_shot = false;
   server->accepting = was_accepting;
@@ -403,9 +429,9 @@ int uvs_server_handle_request(uvs_server_t* server) {
 
   if (r == 0 && server->one_shot_timed_out) {
     if (server->config.hooks.handle_timeout != NULL) {
-      server->callback_depth++;
+      uvs__callback_depth++;
       r = server->config.hooks.handle_timeout(server);
-      server->callback_depth--;
+      uvs__callback_depth--;
     } else {
       r = UV_ETIMEDOUT;
     }
@@ -437,6 +463,9 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
     return UV_EBUSY;
   if (server->closing)
     return 0;
+  /* An owned loop is run by uvs alone and must be closed from outside it. */
+  if (server->owned_loop != NULL && uvs__callback_depth > 0)
+    return UV_EBUSY;
   server->closing = true;
   server->close_cb = cb;
   server->accepting = false;
@@ -453,8 +482,7 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
   /* Run the loop here unless a caller's callback is on the stack (the loop
    * is running then) and the loop is not ours; an owned loop is run by
    * nobody else. */
-  if (server->owned_loop != NULL ||
-      (cb == NULL && server->callback_depth == 0)) {
+  if (server->owned_loop != NULL || (cb == NULL && uvs__callback_depth == 0)) {
     server->close_sync = true;
     while (server->pending_closes > 0 || !uvs__list_empty(&server->conns))
       uv_run(server->loop, UV_RUN_ONCE);
@@ -508,9 +536,9 @@ void uvs__server_error(uvs_server_t* server,
   size_t size = sizeof(text);
 
   if (server->config.hooks.handle_error != NULL) {
-    server->callback_depth++;
+    uvs__callback_depth++;
     server->config.hooks.handle_error(server, conn, peer, status);
-    server->callback_depth--;
+    uvs__callback_depth--;
     return;
   }
   if (peer == NULL || uvs_address_format(peer, text, &size) != 0)
@@ -528,9 +556,9 @@ void uvs__server_shutdown_request(uvs_server_t* server,
                                   const uvs_address_t* peer) {
   if (server->config.hooks.shutdown_request == NULL)
     return;
-  server->callback_depth++;
+  uvs__callback_depth++;
   server->config.hooks.shutdown_request(server, fd, peer);
-  server->callback_depth--;
+  uvs__callback_depth--;
 }
 
 
@@ -566,8 +594,16 @@ static void on_handle_closed(uv_handle_t* handle) {
 static void finish_close(uvs_server_t* server) {
   uv_loop_t* owned = server->owned_loop;
 
-  if (server->close_cb != NULL)
+  /* A thread still leaving uvs_server_shutdown holds the lock. */
+  uv_mutex_lock(&server->lock);
+  while (server->shutdown_waiters > 0)
+    uv_cond_wait(&server->cond, &server->lock);
+  uv_mutex_unlock(&server->lock);
+  if (server->close_cb != NULL) {
+    uvs__callback_depth++;
     server->close_cb(server);
+    uvs__callback_depth--;
+  }
   uv_mutex_destroy(&server->lock);
   uv_cond_destroy(&server->cond);
   uvs__free(server->read_buf);
@@ -589,9 +625,9 @@ static void on_async(uv_async_t* handle) {
 
 static void on_service_timer(uv_timer_t* handle) {
   uvs_server_t* server = container_of(handle, uvs_server_t, service_timer);
-  server->callback_depth++;
+  uvs__callback_depth++;
   server->config.hooks.service_actions(server);
-  server->callback_depth--;
+  uvs__callback_depth--;
 }
 
 

@@ -21,6 +21,7 @@ static void config_defaults(void) {
   ASSERT_EQ(config.timeout_ms, -1);
   ASSERT_EQ(config.accept_batch, 16);
   ASSERT_EQ(config.close_linger_ms, 2000);
+  ASSERT_EQ(config.close_timeout_ms, 30000);
   ASSERT_EQ(config.read_buffer_size, 65536);
   ASSERT_TRUE(config.hooks.verify_request == NULL);
   ASSERT_TRUE(config.hooks.handle_error == NULL);
@@ -72,6 +73,11 @@ static void new_rejects_bad_arguments(void) {
              UV_EINVAL);
   ASSERT_ERR(uvs_server_new(NULL, &server, "bogus", &handler, NULL), UV_EINVAL);
   ASSERT_NULL(server);
+
+  handler.state_size = SIZE_MAX - 8; /* would wrap with the connection */
+  ASSERT_ERR(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0),
+             UV_EINVAL);
+  handler.state_size = 0;
 
   uvs_config_init(&config);
   config.accept_batch = 0;

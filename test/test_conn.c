@@ -542,7 +542,48 @@ static void reset_mid_write(void) {
 }
 
 
+/* A graceful close to a peer that never reads cannot hold the connection
+ * and its output forever: past close_timeout_ms it is reset, with
+ * UV_ETIMEDOUT. */
+static void flood_then_close_open(uvs_conn_t* conn) {
+  flood_open(conn);
+  uvs_conn_close(conn);
+}
+
+static void close_times_out_on_stalled_peer(void) {
+  uvs_handler_t handler = echo_handler();
+  uvs_config_t config;
+  running_t run;
+  uint64_t started;
+  char buf[4096];
+  ssize_t n;
+  int fd;
+
+  atomic_store(&errors, 0);
+  uvs_config_init(&config);
+  config.close_timeout_ms = 300;
+  config.hooks.handle_error = count_error;
+  handler.on_open = flood_then_close_open;
+  start(&run, "tcp://127.0.0.1:0", &handler, &config);
+  started = test_now_ms();
+  fd = test_connect("127.0.0.1", run.port);
+  wait_for(&closed, 1);
+  ASSERT_GE(test_now_ms() - started, 250);
+  ASSERT_EQ(atomic_load(&close_status), UV_ETIMEDOUT);
+  ASSERT_EQ(atomic_load(&errors), 1);
+  /* The client finds a reset after what the buffers held. */
+  do {
+    n = recv(fd, buf, sizeof(buf), 0);
+  } while (n > 0);
+  ASSERT_EQ(n, -1);
+  ASSERT_EQ(errno, ECONNRESET);
+  close(fd);
+  stop(&run);
+}
+
+
 static const test_case_t cases[] = {
+  { "close_times_out_on_stalled_peer", close_times_out_on_stalled_peer },
   { "echo_binary", echo_binary },
   { "echo_8mib", echo_8mib },
   { "half_close", half_close },

@@ -571,7 +571,176 @@ static void default_handle_error_logs_once(void) {
 }
 
 
+/* A shutdown from another thread, then close as soon as serve_forever
+ * returns (Python's usual pattern): the shutdown caller may still be
+ * leaving, and close must not free the server under it. */
+static void* shutdown_thread(void* arg) {
+  ASSERT_OK(uvs_server_shutdown(arg));
+  return NULL;
+}
+
+static void close_right_after_shutdown(void) {
+  uvs_handler_t handler = echo_handler();
+  uvs_server_t* server;
+  pthread_t thread;
+  int i;
+
+  for (i = 0; i < 200; i++) {
+    ASSERT_OK(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0));
+    ASSERT_EQ(pthread_create(&thread, NULL, shutdown_thread, server), 0);
+    ASSERT_OK(uvs_server_serve_forever(server, 0));
+    ASSERT_OK(uvs_server_close(server, NULL));
+    ASSERT_EQ(pthread_join(thread, NULL), 0);
+  }
+}
+
+
+/* A serving thread that restarts serve_forever at once: each shutdown
+ * returns when the run it stopped has returned, never waiting for the
+ * next run. */
+static atomic_int restart_done;
+static atomic_int restart_exited;
+static atomic_int restart_runs;
+
+static void* restart_thread(void* arg) {
+  while (!atomic_load(&restart_done)) {
+    ASSERT_OK(uvs_server_serve_forever(arg, 0));
+    atomic_fetch_add(&restart_runs, 1);
+  }
+  atomic_store(&restart_exited, 1);
+  return NULL;
+}
+
+static bool is_serving(uvs_server_t* server) {
+  bool serving;
+  uv_mutex_lock(&server->lock);
+  serving = server->serve_state == UVS__SERVING;
+  uv_mutex_unlock(&server->lock);
+  return serving;
+}
+
+static void shutdown_with_restarts(void) {
+  uvs_handler_t handler = echo_handler();
+  uvs_server_t* server;
+  pthread_t thread;
+  uint64_t deadline;
+  int i;
+
+  atomic_store(&restart_done, 0);
+  atomic_store(&restart_exited, 0);
+  atomic_store(&restart_runs, 0);
+  ASSERT_OK(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_EQ(pthread_create(&thread, NULL, restart_thread, server), 0);
+  for (i = 0; i < 100; i++) {
+    deadline = test_now_ms() + 5000;
+    while (!is_serving(server)) {
+      ASSERT_LT(test_now_ms(), deadline);
+      sched_yield();
+    }
+    ASSERT_OK(uvs_server_shutdown(server));
+  }
+  ASSERT_GE(atomic_load(&restart_runs), 100);
+  atomic_store(&restart_done, 1);
+  while (!atomic_load(&restart_exited)) {
+    ASSERT_OK(uvs_server_shutdown(server));
+    usleep(1000);
+  }
+  ASSERT_EQ(pthread_join(thread, NULL), 0);
+  ASSERT_OK(uvs_server_close(server, NULL));
+}
+
+
+/* A server on a loop of its own, run by hand, closed from inside its own
+ * callback: that would free the loop under uv_run, so it is refused. So
+ * are serve_forever and handle_request from inside any callback, which
+ * would run a loop inside a loop. */
+static uvs_server_t* other_server;
+
+static void refuse_in_data(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs_server_t* server = uvs_conn_server(conn);
+  ASSERT_ERR(uvs_server_close(server, NULL), UV_EBUSY);
+  ASSERT_ERR(uvs_server_serve_forever(server, 0), UV_EBUSY);
+  ASSERT_ERR(uvs_server_handle_request(server), UV_EBUSY);
+  ASSERT_ERR(uvs_server_serve_forever(other_server, 0), UV_EBUSY);
+  ASSERT_ERR(uvs_server_handle_request(other_server), UV_EBUSY);
+  uvs_server_stop(server);
+  uvs_conn_abort(conn);
+  atomic_fetch_add(&cancelled, 1);
+}
+
+static void no_loop_inside_a_loop(void) {
+  uvs_handler_t handler = echo_handler();
+  uvs_server_t* server;
+  int fd;
+
+  reset_counters();
+  handler.on_data = refuse_in_data;
+  ASSERT_OK(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_OK(
+      uvs_server_new(NULL, &other_server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_OK(uvs_server_start(server));
+  fd = test_connect("127.0.0.1", test_server_port(server));
+  test_send_all(fd, "x", 1);
+  ASSERT_EQ(uv_run(uvs_server_loop(server), UV_RUN_DEFAULT), 0);
+  ASSERT_EQ(atomic_load(&cancelled), 1); /* refuse_in_data ran */
+  close(fd);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  ASSERT_OK(uvs_server_close(other_server, NULL));
+}
+
+
+/* handle_request blocks, not spins, while its one connection has paused
+ * reading (no handle is active then): a check handle counts the loop's
+ * iterations over 200 ms. */
+static atomic_int iterations;
+
+static void count_iteration(uv_check_t* check) {
+  atomic_fetch_add(&iterations, 1);
+}
+
+static void close_paused(uv_timer_t* timer) {
+  uvs_conn_close(uv_handle_get_data((uv_handle_t*) timer));
+  uv_close((uv_handle_t*) timer, (uv_close_cb) free);
+}
+
+static void pause_in_open(uvs_conn_t* conn) {
+  uv_loop_t* loop = uvs_server_loop(uvs_conn_server(conn));
+  uv_timer_t* timer = malloc(sizeof(*timer));
+  ASSERT_NOT_NULL(timer);
+  ASSERT_OK(uvs_conn_read_stop(conn));
+  uv_timer_init(loop, timer);
+  uv_handle_set_data((uv_handle_t*) timer, conn);
+  uv_timer_start(timer, close_paused, 200, 0);
+  uv_unref((uv_handle_t*) timer); /* the timer alone keeps nothing alive */
+}
+
+static void handle_request_blocks_while_paused(void) {
+  uvs_handler_t handler = echo_handler();
+  uvs_server_t* server;
+  uv_check_t check;
+  int fd;
+
+  handler.on_open = pause_in_open;
+  atomic_store(&iterations, 0);
+  ASSERT_OK(uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, 0));
+  ASSERT_OK(uv_check_init(uvs_server_loop(server), &check));
+  ASSERT_OK(uv_check_start(&check, count_iteration));
+  uv_unref((uv_handle_t*) &check);
+  fd = test_connect("127.0.0.1", test_server_port(server));
+  shutdown(fd, SHUT_WR);
+  ASSERT_OK(uvs_server_handle_request(server));
+  ASSERT_LT(atomic_load(&iterations), 100);
+  uv_close((uv_handle_t*) &check, NULL);
+  close(fd);
+  ASSERT_OK(uvs_server_close(server, NULL));
+}
+
+
 static const test_case_t cases[] = {
+  { "close_right_after_shutdown", close_right_after_shutdown },
+  { "shutdown_with_restarts", shutdown_with_restarts },
+  { "no_loop_inside_a_loop", no_loop_inside_a_loop },
+  { "handle_request_blocks_while_paused", handle_request_blocks_while_paused },
   { "default_handle_error_logs_once", default_handle_error_logs_once },
   { "bind_port_zero", bind_port_zero },
   { "bind_and_activate_separately", bind_and_activate_separately },
