@@ -562,13 +562,20 @@ void uvs__server_shutdown_request(uvs_server_t* server,
 }
 
 
-void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
-  if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
-    server->one_shot_done = true;
+/* The asynchronous close ends when the last handle and the last connection
+ * have closed; a synchronous close finishes after its own loop instead. */
+static void maybe_finish_close(uvs_server_t* server) {
   if (server->closing && !server->close_sync && server->pending_closes == 0 &&
       uvs__list_empty(&server->conns)) {
     finish_close(server);
   }
+}
+
+
+void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
+  if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
+    server->one_shot_done = true;
+  maybe_finish_close(server);
 }
 
 
@@ -579,10 +586,7 @@ void uvs__server_closing_handle(uvs_server_t* server) {
 
 void uvs__server_handle_closed(uvs_server_t* server) {
   server->pending_closes--;
-  if (!server->close_sync && server->pending_closes == 0 &&
-      uvs__list_empty(&server->conns)) {
-    finish_close(server);
-  }
+  maybe_finish_close(server);
 }
 
 

@@ -399,10 +399,6 @@ static void pause_data(uvs_conn_t* conn, const char* data, size_t len) {
   uvs_conn_write(conn, data, len);
 }
 
-static void resume_service(uvs_server_t* server) {
-  (void) server;
-}
-
 static void pause_eof(uvs_conn_t* conn) {
   uvs_conn_close(conn);
 }
@@ -429,7 +425,6 @@ static void read_pause_resume(void) {
   char got[5];
   int fd;
 
-  (void) resume_service;
   atomic_store(&received, 0);
   handler.on_open = pause_open_with_timer;
   handler.on_data = pause_data;
