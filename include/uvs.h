@@ -3,8 +3,9 @@
  * uvs: Python's socketserver, rebuilt in C on libuv.
  *
  * A user writes a handler (what to do with one client), picks a server kind
- * by its address (tcp://HOST:PORT today) and a mode (UVS_MODE_EVENT today),
- * and uvs does the rest: binding, accepting, reading, writing, shutdown.
+ * by its address (tcp://HOST:PORT today) and a mode (event, sync or
+ * threading today), and uvs does the rest: binding, accepting, reading,
+ * writing, shutdown.
  * A server runs on the caller's uv_loop_t (embedding) or on a loop of its own
  * (uvs_server_serve_forever).
  *
@@ -46,6 +47,21 @@ extern "C" {
  ((UVS_VERSION_MAJOR << 16) | (UVS_VERSION_MINOR << 8) | (UVS_VERSION_PATCH))
 
 
+/* ---- Error codes ----------------------------------------------------- */
+
+/* uvs's own codes, below libuv's range (UV_ERRNO_MAX), in the same
+ * negative style: XX(name, value, message). */
+#define UVS_ERRNO_MAP(XX) \
+ XX(ESTOP, -4200, "the handler asked the server to stop")
+
+typedef enum uvs_errno_e {
+#define UVS__ERRNO_ENUM(name, value, message) UVS_##name = (value),
+  UVS_ERRNO_MAP(UVS__ERRNO_ENUM)
+#undef UVS__ERRNO_ENUM
+  UVS_ERRNO_MIN = -4200 /* the lowest uvs code */
+} uvs_errno_t;
+
+
 /* ---- Opaque types ---------------------------------------------------- */
 
 typedef struct uvs_server_s uvs_server_t;
@@ -62,8 +78,8 @@ typedef enum uvs_transport_e {
   UVS_TRANSPORT_UNIXGRAM /* unixgram:PATH (datagram) */
 } uvs_transport_t;
 
-/* How handlers run (socketserver's mixins). This release serves
- * UVS_MODE_EVENT; uvs_server_new returns UV_ENOTSUP for the others. */
+/* How handlers run (socketserver's mixins). This release serves event,
+ * sync and threading; uvs_server_new returns UV_ENOTSUP for forking. */
 typedef enum uvs_mode_e {
   UVS_MODE_EVENT = 0, /* on_open/on_data/on_close on the loop thread */
   UVS_MODE_SYNC,      /* plain TCPServer: blocking handle(), one at a time */
@@ -97,8 +113,11 @@ typedef struct uvs_address_s {
 
 /* ---- Callbacks ------------------------------------------------------- */
 
-/* Blocking-mode handler steps (setup, handle, finish). Return 0, or a
- * negative error code, which reaches handle_error. */
+/* Blocking-mode handler steps (setup, handle, finish). Return 0; a
+ * negative error code, which reaches handle_error (socketserver's
+ * Exception); or UVS_ESTOP, which does not reach handle_error and stops
+ * the server instead: serve_forever and handle_request return UVS_ESTOP
+ * (socketserver's SystemExit). */
 typedef int (*uvs_request_cb)(uvs_conn_t* conn);
 /* A connection was accepted (event mode). */
 typedef void (*uvs_open_cb)(uvs_conn_t* conn);
@@ -123,7 +142,9 @@ typedef void (*uvs_free_cb)(void* data, void* arg);
 typedef int (*uvs_verify_request_cb)(uvs_server_t* server,
                                      const uvs_address_t* peer);
 /* An error happened while processing the request from `peer`. `conn` may
- * be NULL when the error has no connection (an accept error). */
+ * be NULL when the error has no connection (an accept error). In
+ * threading mode it runs on the worker thread for a handler's error, as in
+ * Python; otherwise on the loop thread. */
 typedef void (*uvs_handle_error_cb)(uvs_server_t* server,
                                     uvs_conn_t* conn,
                                     const uvs_address_t* peer,
@@ -136,12 +157,15 @@ typedef void (*uvs_service_actions_cb)(uvs_server_t* server);
 /* A request is about to be shut down (write side) and closed: once per
  * accepted connection, served or rejected by verify_request (not for one
  * uvs failed to take in, which reaches handle_error). `fd` is still
- * open. */
+ * open. Runs on the loop thread, after finish in the blocking modes. */
 typedef void (*uvs_shutdown_request_cb)(uvs_server_t* server,
                                         uv_os_sock_t fd,
                                         const uvs_address_t* peer);
 /* uvs_server_close finished; `server` is freed when this returns. */
 typedef void (*uvs_server_close_cb)(uvs_server_t* server);
+/* Called by uvs_server_foreach for one connection; `conn` is valid until
+ * it returns. It must not block or wait for the loop. */
+typedef void (*uvs_foreach_cb)(uvs_conn_t* conn, void* arg);
 
 
 /* ---- Plain structs the caller fills ---------------------------------- */
@@ -202,6 +226,55 @@ typedef struct uvs_config_s {
   size_t read_buffer_size;
   /* socketserver's overridable methods. Default: all NULL. */
   uvs_hooks_t hooks;
+
+  /* ---- Threading mode (ThreadingMixIn) ---- */
+  /* Most worker threads at once. Default 256, not Python's unbounded: a
+   * flood of connections must not become a flood of threads. Requests
+   * beyond it wait for a free worker in arrival order. 0: no cap, one
+   * thread per concurrent request (Python's behaviour); long-lived
+   * handlers such as a chat need that, or a cap above their clients. */
+  unsigned max_threads;
+  /* An idle worker exits after this many milliseconds without a request;
+   * the pool grows again on demand. Default 10000. */
+  uint64_t thread_idle_ms;
+  /* Stack size of each worker thread in bytes; 0 (the default) uses the
+   * system's default. */
+  size_t thread_stack_size;
+  /* socketserver's block_on_close: uvs_server_close waits for every
+   * running handler to return. Default 1. Handlers blocked in request I/O
+   * return UV_ECANCELED at once when the server closes, so the wait is
+   * only for work a handler does outside uvs. */
+  int block_on_close;
+  /* socketserver's daemon_threads: 1 means uvs_server_close never waits
+   * for handlers, whatever block_on_close says. Default 0. */
+  int daemon_threads;
+
+  /* ---- Request I/O (StreamRequestHandler) ---- */
+  /* Each blocking request I/O call (uvs_recv, uvs_readline, uvs_sendall,
+   * ...) fails with UV_ETIMEDOUT when it cannot finish within this many
+   * milliseconds (StreamRequestHandler.timeout). Default -1: no timeout,
+   * as Python; uvs_conn_set_timeout changes it for one request. */
+  int64_t request_timeout_ms;
+  /* Bytes uvs_write collects before sending (StreamRequestHandler's
+   * wbufsize). Default 0: unbuffered, every uvs_write is a uvs_sendall,
+   * as Python. */
+  size_t wbufsize;
+  /* Set TCP_NODELAY on each connection (disable_nagle_algorithm). Default
+   * 0. */
+  int disable_nagle_algorithm;
+  /* Threading mode: received bytes a handler has not read yet, above
+   * which uvs stops reading the socket; it reads again once they fall to
+   * half. Default 65536 (the per-connection input memory bound). */
+  size_t input_high_water;
+  /* Threading mode: unsent bytes above which uvs_sendall and uvs_flush
+   * wait for the socket to take them. Default 262144. */
+  size_t output_high_water;
+  /* Unsent bytes a connection may hold from uvs_conn_write, which never
+   * blocks: a write past it closes the connection (UV_ENOBUFS), so a
+   * peer that stops reading cannot grow memory or hold up a writer that
+   * fans out to many connections. Default 0: no cap. uvs_sendall waits
+   * instead and is never cut off by it. */
+  size_t max_write_queue;
 } uvs_config_t;
 
 /* What one connection does: socketserver's RequestHandlerClass. uvs copies
@@ -214,7 +287,10 @@ typedef struct uvs_handler_s {
 
   /* Blocking modes (sync, threading, forking), socketserver's order:
    * setup, then handle, then finish, which runs even when handle fails;
-   * when setup fails neither runs. */
+   * when setup fails neither runs. After finish uvs flushes uvs_write's
+   * buffer, then shuts the connection down and closes it. A NULL step
+   * does nothing. In threading mode they run on a worker thread, in sync
+   * mode on the loop thread. */
   uvs_request_cb setup;
   uvs_request_cb handle;
   uvs_request_cb finish;
@@ -288,7 +364,8 @@ UVS_EXTERN void uvs_config_init(uvs_config_t* config);
  * does not accept until uvs_server_start, serve_forever or handle_request.
  * uvs copies `address`, `handler` and `config` (NULL config: defaults).
  * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOTSUP (a
- * transport or mode this release does not serve), UV_ENOMEM, or the bind
+ * transport or mode this release does not serve: forking, and every
+ * transport but TCP), UV_ENOMEM, or the bind
  * or listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
  * NULL and nothing is left open (in the one rare case where handles were
  * already made on the caller's loop, they finish closing when that loop
@@ -325,7 +402,8 @@ UVS_EXTERN int uvs_server_stop(uvs_server_t* server);
  * Unlike Python, the interval does not delay a shutdown. When it returns
  * the server no longer accepts; open connections stay open, unserved,
  * until the loop runs again or uvs_server_close. If shutdown was requested
- * before any serve_forever ran, returns 0 at once. Returns 0; UV_EBUSY
+ * before any serve_forever ran, returns 0 at once. Returns 0; UVS_ESTOP
+ * when a handler step returned UVS_ESTOP; UV_EBUSY
  * while serve_forever or handle_request runs, or from inside any uvs
  * callback (a loop runs on this thread already); UV_EINVAL while closing;
  * or a bind or listen error. Threads: one thread at a time, which becomes
@@ -352,13 +430,22 @@ UVS_EXTERN int uvs_server_shutdown(uvs_server_t* server);
  * it calls the handle_timeout hook and returns its value (default
  * UV_ETIMEDOUT); the timeout covers the wait for a request only, as in
  * Python, and a connection already waiting is served even with timeout 0.
- * Returns UV_EBUSY while serve_forever or handle_request runs or from
+ * In every mode the request is served to its end before this returns
+ * (Python's threading mode returns once the thread has started; uvs's
+ * request I/O needs the loop to run). Returns UVS_ESTOP when a handler
+ * step returned it, UV_EBUSY while serve_forever or handle_request runs or from
  * inside any uvs callback, UV_EINVAL while closing, or a bind or listen
  * error. */
 UVS_EXTERN int uvs_server_handle_request(uvs_server_t* server);
 
 /** Stops listening, closes the listening socket and every connection
- * (their on_close gets UV_ECANCELED), and frees the server. With a NULL
+ * (their on_close gets UV_ECANCELED; a handler blocked in request I/O gets
+ * UV_ECANCELED at once), and frees the server. In threading mode it first
+ * waits for running handlers to return when config->block_on_close is set
+ * and daemon_threads is not; otherwise those handlers go on in the
+ * background, must no longer use the server, and their memory is freed
+ * when they return. Queued requests that no worker started are dropped
+ * without running. With a NULL
  * `cb` it runs the loop until all is closed and returns with everything
  * freed; called from inside a uvs callback (the loop is running) it
  * returns at once and the rest completes on the loop. With a `cb` it
@@ -389,8 +476,19 @@ UVS_EXTERN int uvs_server_fileno(const uvs_server_t* server);
 UVS_EXTERN uv_loop_t* uvs_server_loop(const uvs_server_t* server);
 
 /** Returns the number of connections accepted and not yet closed: one
- * stops counting just before its on_close runs. */
+ * stops counting just before its on_close runs. Threads: any in
+ * threading mode. */
 UVS_EXTERN size_t uvs_server_connection_count(const uvs_server_t* server);
+
+/** Calls `cb(conn, arg)` for every open connection, in the order they
+ * were accepted, for fan-out (a chat broadcast). No connection is freed
+ * while `cb` runs, and connections closed meanwhile are skipped; `cb` may
+ * call uvs_conn_write, uvs_conn_close and the property getters, and must
+ * not block. Returns the number of connections visited, or UV_EINVAL.
+ * Threads: any in threading mode; the loop's in event and sync mode. */
+UVS_EXTERN int uvs_server_foreach(uvs_server_t* server,
+                                  uvs_foreach_cb cb,
+                                  void* arg);
 
 /** Returns the user data set with uvs_server_set_data (initially NULL).
  * Threads: any. */
@@ -404,24 +502,31 @@ UVS_EXTERN void uvs_server_set_data(uvs_server_t* server, void* data);
 /* ---- Connection ------------------------------------------------------ */
 
 /** Sends `len` bytes of `data`, copied: the caller keeps `data`. Bytes go
- * out in order; what the socket does not take at once is queued. Returns
- * 0, UV_EPIPE after uvs_conn_close or an abort, or UV_ENOMEM (part of the
- * bytes may be out, so the connection is closed too). A send error closes
- * the connection and reaches on_close and handle_error. */
+ * out in order; what the socket does not take at once is queued; it never
+ * blocks (except in sync mode, where it is uvs_sendall). Returns 0,
+ * UV_EPIPE after uvs_conn_close or an abort, UV_ENOBUFS when the write
+ * would take the unsent bytes past config->max_write_queue (the
+ * connection is reset, since its peer is not reading, and nothing more is
+ * sent), or UV_ENOMEM (part of
+ * the bytes may be out, so the connection is closed too). A send error
+ * closes the connection and reaches on_close and handle_error. Threads:
+ * any in threading mode (fan-out to other connections); the loop's
+ * otherwise. */
 UVS_EXTERN int uvs_conn_write(uvs_conn_t* conn, const void* data, size_t len);
 
 /** Sends `len` bytes of `data` without copying. `free_cb(data, arg)` runs
  * exactly once when uvs is done with the bytes (sent, failed or
  * cancelled), possibly before this returns; until then the caller must
- * not change them. On failure (UV_EPIPE, UV_ENOMEM) `free_cb` does not
- * run and the caller still owns `data`. */
+ * not change them. On failure (UV_EPIPE, UV_ENOMEM, UV_ENOTSUP outside
+ * event mode) `free_cb` does not run and the caller still owns `data`. */
 UVS_EXTERN int uvs_conn_write_nocopy(uvs_conn_t* conn,
                                      void* data,
                                      size_t len,
                                      uvs_free_cb free_cb,
                                      void* arg);
 
-/** Returns the bytes written but not yet taken by the socket. */
+/** Returns the bytes written but not yet taken by the socket. Threads:
+ * any in threading mode. */
 UVS_EXTERN size_t uvs_conn_write_queue_size(const uvs_conn_t* conn);
 
 /** Closes gracefully: stops delivering data, sends everything queued
@@ -430,40 +535,102 @@ UVS_EXTERN size_t uvs_conn_write_queue_size(const uvs_conn_t* conn);
  * config->close_linger_ms for the peer's EOF, then closes. on_close
  * follows with 0, or the error that ended it first (a send error,
  * UV_ETIMEDOUT, UV_ECANCELED when the server closes meanwhile). Returns 0
- * (also when closing already). */
+ * (also when closing already). In threading mode the handler's request I/O
+ * then fails with UV_ECANCELED while its finish still runs. Threads: any in
+ * threading mode; the loop's otherwise. */
 UVS_EXTERN int uvs_conn_close(uvs_conn_t* conn);
 
 /** Closes at once with a TCP reset; queued output is discarded. on_close
- * follows with status 0. Returns 0 (also when closing already). */
+ * follows with status 0. Returns 0 (also when closing already). Threads:
+ * any in threading mode; the loop's otherwise. */
 UVS_EXTERN int uvs_conn_abort(uvs_conn_t* conn);
 
 /** Stops reading: on_data and on_eof do not run until
- * uvs_conn_read_start (backpressure). Returns 0. */
+ * uvs_conn_read_start (backpressure). Returns 0, or UV_ENOTSUP outside
+ * event mode (request I/O paces reading by itself). */
 UVS_EXTERN int uvs_conn_read_stop(uvs_conn_t* conn);
 
-/** Resumes reading after uvs_conn_read_stop. Returns 0, or UV_EPIPE when
- * the connection is closing. */
+/** Resumes reading after uvs_conn_read_stop. Returns 0, UV_EPIPE when
+ * the connection is closing, or UV_ENOTSUP outside event mode. */
 UVS_EXTERN int uvs_conn_read_start(uvs_conn_t* conn);
 
 /** Returns the peer's address (socketserver's client_address); borrowed
- * for the connection's life. */
+ * for the connection's life. Threads: any. */
 UVS_EXTERN const uvs_address_t* uvs_conn_peer(const uvs_conn_t* conn);
 
 /** Returns the server the connection belongs to (socketserver's
- * self.server). */
+ * self.server). Threads: any. */
 UVS_EXTERN uvs_server_t* uvs_conn_server(const uvs_conn_t* conn);
 
 /** Returns the connection's zeroed state_size bytes (NULL when state_size
- * is 0), valid until on_close returns, aligned for any type. */
+ * is 0), valid until on_close (event mode) or finish (blocking modes)
+ * returns, aligned for any type. Threads: any. */
 UVS_EXTERN void* uvs_conn_state(const uvs_conn_t* conn);
 
 /** Returns the connection's socket descriptor, owned by uvs (socketserver's
- * self.request.fileno()). */
+ * self.request.fileno()), or UV_EBADF once it is closed. Threads: any. */
 UVS_EXTERN int uvs_conn_fileno(const uvs_conn_t* conn);
 
 /** Returns the connection's number: 1 for the server's first accepted
- * connection, then counting up, never reused. */
+ * connection, then counting up, never reused. Threads: any. */
 UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
+
+
+/* ---- Request I/O (blocking modes) ------------------------------------ */
+
+/* socketserver's rfile and wfile, for setup/handle/finish in sync and
+ * threading mode ("Threads: handler": only the thread running this
+ * connection's handler). Each call blocks at most the request timeout
+ * (config->request_timeout_ms, uvs_conn_set_timeout) and then fails with
+ * UV_ETIMEDOUT. When the server closes the connection a blocked call
+ * returns UV_ECANCELED at once; after a reset or a send error calls fail
+ * with that error (received bytes are still read first). In threading
+ * mode the socket stays in the loop and these calls never touch it; in
+ * sync mode they use the descriptor directly. In event mode they return
+ * UV_ENOTSUP. */
+
+/** Reads up to `n` bytes into `buf`, waiting until at least one is there.
+ * Returns the count, 0 at the peer's EOF (or for n == 0), or an error.
+ * Threads: handler. */
+UVS_EXTERN ssize_t uvs_recv(uvs_conn_t* conn, void* buf, size_t n);
+
+/** Reads exactly `n` bytes into `buf`. Returns `n`, or fewer when the
+ * peer's EOF comes first (the bytes before it are in `buf`, as Python's
+ * rfile.read(n)), or an error (bytes read before it are lost). Threads:
+ * handler. */
+UVS_EXTERN ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n);
+
+/** Reads one line, up to and including its '\n', into `buf` of `size`
+ * bytes and NUL-terminates it: a line may be size - 1 bytes long. Returns
+ * its length; at EOF the last line without '\n', then 0. A longer line
+ * returns UV_ENOBUFS with its first size - 1 bytes consumed and in `buf`;
+ * the rest stays unread. Memory never grows with the line. Returns
+ * UV_EINVAL when size < 2. Threads: handler. */
+UVS_EXTERN ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size);
+
+/** Sends all `len` bytes of `data` (copied), waiting while the unsent
+ * output is above config->output_high_water. Returns 0 once every byte is
+ * queued (as Python's sendall, never a partial write), or an error.
+ * Buffered uvs_write bytes go first. Threads: handler. */
+UVS_EXTERN int uvs_sendall(uvs_conn_t* conn, const void* data, size_t len);
+
+/** Writes `len` bytes through the request's write buffer of
+ * config->wbufsize bytes (wfile.write): with wbufsize 0, the same as
+ * uvs_sendall; otherwise bytes collect until the buffer is full or
+ * uvs_flush. Returns 0 or an error. Threads: handler. */
+UVS_EXTERN int uvs_write(uvs_conn_t* conn, const void* data, size_t len);
+
+/** Sends what uvs_write buffered and waits until the socket has taken
+ * every byte written so far (wfile.flush). Returns 0 or an error. uvs
+ * flushes after finish too, ignoring errors, as Python. Threads:
+ * handler. */
+UVS_EXTERN int uvs_flush(uvs_conn_t* conn);
+
+/** Sets this request's I/O timeout in milliseconds (-1: none), for the
+ * calls that follow; its start value is config->request_timeout_ms.
+ * Returns 0, or UV_EINVAL for a value below -1 or in event mode.
+ * Threads: handler. */
+UVS_EXTERN int uvs_conn_set_timeout(uvs_conn_t* conn, int64_t timeout_ms);
 
 #ifdef __cplusplus
 }

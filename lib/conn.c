@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * One connection in event mode: the read path, the write queue, half-close
- * and the three ways a connection ends.
+ * One connection: the read path, the write queue, half-close and the three
+ * ways a connection ends, in every mode.
  *
  * Reads land in the server's one read buffer and go straight to on_data, so
  * an idle connection holds no buffer. Writes try uv_try_write first and
@@ -18,10 +18,21 @@
  * close_now, which calls uv_close on every handle the connection owns; the
  * last close callback runs on_close and frees the connection, so a pointer
  * stays valid for the rest of any callback that closed it.
+ *
+ * Threading mode keeps the socket here, on the loop: reads append to the
+ * request side's input queue (reqio.c) and stop above its high mark; a
+ * worker's writes collect in the output queue and one mailbox message asks
+ * the loop to send them. The connection is freed when both its handles
+ * are closed and its worker has reported the request done (`worker_ref`),
+ * so neither side ever holds a freed pointer. Sync mode runs the whole
+ * request inside the accept callback with fd-direct I/O and then hands the
+ * descriptor to the handle for the graceful close.
  */
 #include "internal.h"
 
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdalign.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -34,6 +45,11 @@ static void on_shutdown(uv_shutdown_t* req, int status);
 static void on_close_timer(uv_timer_t* handle);
 static void on_tcp_closed(uv_handle_t* handle);
 static void on_timer_closed(uv_handle_t* handle);
+static void on_conn_msg(uvs__msg_t* msg);
+static void close_graceful(uvs_conn_t* conn);
+static void abort_now(uvs_conn_t* conn);
+static void set_reset_on_close(uvs_conn_t* conn);
+static void free_conn(uvs_conn_t* conn);
 
 /* The largest piece one uv_buf_t carries (its length is an unsigned int). */
 #define UVS__MAX_CHUNK ((size_t) 1 << 30)
@@ -45,13 +61,45 @@ static size_t state_offset(void) {
 }
 
 
+/* Sync mode, after the handler: the handle takes the descriptor for the
+ * graceful close (flushing nothing: sync writes are sent already), so the
+ * loop need not block on the peer's FIN. */
+static void sync_close(uvs_conn_t* conn) {
+  bool abort;
+  int r;
+
+  r = uv_tcp_open(&conn->tcp, conn->fd);
+  if (r != 0) {
+    close(conn->fd);
+    uvs__conn_close_now(conn, 0);
+    return;
+  }
+  conn->tcp_opened = true;
+  abort = conn->io->want_abort;
+  if (abort) {
+    uvs_conn_abort(conn);
+    return;
+  }
+  if (uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read) != 0) {
+    uvs__conn_close_now(conn, 0);
+    return;
+  }
+  close_graceful(conn);
+}
+
+
 int uvs__conn_accept(uvs_server_t* server,
                      uv_os_sock_t fd,
                      const uvs_address_t* peer,
                      uint64_t* id) {
+  uvs_mode_t mode = server->config.mode;
   uvs_conn_t* conn;
   int r;
 
+  if (server->config.disable_nagle_algorithm) {
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  }
   conn = uvs__calloc(1, state_offset() + server->handler.state_size);
   if (conn == NULL) {
     close(fd);
@@ -65,11 +113,32 @@ int uvs__conn_accept(uvs_server_t* server,
   }
   conn->server = server;
   conn->peer = *peer;
+  conn->fd = fd;
   conn->id = ++server->next_conn_id;
   if (server->handler.state_size > 0)
     conn->state = (char*) conn + state_offset();
+  conn->msg.run = on_conn_msg;
+  uvs__list_init(&conn->job);
+  if (mode != UVS_MODE_EVENT) {
+    r = uvs__reqio_new(conn);
+    if (r != 0) {
+      close(fd);
+      uvs__free(conn);
+      return r;
+    }
+  }
+  uv_mutex_lock(&server->conns_lock);
   uvs__list_push(&server->conns, &conn->node);
   server->nconns++;
+  uv_mutex_unlock(&server->conns_lock);
+  *id = conn->id;
+
+  if (mode == UVS_MODE_SYNC) {
+    conn->opened = true;
+    uvs__reqio_run(conn);
+    sync_close(conn);
+    return 0;
+  }
 
   r = uv_tcp_open(&conn->tcp, fd);
   if (r != 0) {
@@ -78,14 +147,27 @@ int uvs__conn_accept(uvs_server_t* server,
     uvs__conn_close_now(conn, UV_ECANCELED);
     return r;
   }
+  conn->tcp_opened = true;
   r = uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
   if (r != 0) {
     uvs__conn_close_now(conn, UV_ECANCELED);
     return r;
   }
 
-  *id = conn->id;
   conn->opened = true;
+  if (mode == UVS_MODE_THREADING) {
+    conn->worker_ref = true;
+    uvs__mailbox_hold(server->mailbox);
+    r = uvs__pool_submit(server->pool, &conn->job);
+    if (r != 0) {
+      conn->worker_ref = false;
+      uvs__mailbox_unhold(server->mailbox);
+      conn->opened = false; /* never served: no shutdown_request */
+      uvs__conn_close_now(conn, UV_ECANCELED);
+      return r;
+    }
+    return 0;
+  }
   if (server->handler.on_open != NULL) {
     uvs__callback_depth++;
     server->handler.on_open(conn);
@@ -116,10 +198,16 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
   conn->closing = true;
   if (conn->status == 0)
     conn->status = status;
+  /* A handler blocked in request I/O returns at once. */
+  if (conn->io != NULL && server->config.mode == UVS_MODE_THREADING)
+    uvs__reqio_cancel(conn, status < 0 ? status : UV_ECANCELED);
   /* socketserver's order: handle_error, then shutdown_request, then close.
-   * A cancel by the server is not an error of the request. */
-  if (status < 0 && status != UV_ECANCELED && conn->opened)
+   * A cancel by the server is not an error of the request. In the blocking
+   * modes the handler's calls report errors; reqio.c passes them on. */
+  if (status < 0 && status != UV_ECANCELED && conn->opened &&
+      server->config.mode == UVS_MODE_EVENT) {
     uvs__server_error(server, conn, &conn->peer, status);
+  }
   notify_shutdown_request(conn);
   if (conn->close_timer != NULL) {
     conn->pending_closes++;
@@ -130,17 +218,60 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
 }
 
 
+/* Unlinks the connection from its server; it is no longer counted. */
+static void unlink_conn(uvs_conn_t* conn) {
+  uvs_server_t* server = conn->server;
+  uv_mutex_lock(&server->conns_lock);
+  uvs__list_remove(&conn->node);
+  server->nconns--;
+  uv_mutex_unlock(&server->conns_lock);
+}
+
+
+/* Every handle is closed. The memory goes now, or when the worker reports
+ * done, or (the server closed without waiting) the worker frees it. */
 static void finish(uvs_conn_t* conn) {
+  uvs_server_t* server = conn->server;
+  bool orphan = false;
+
+  conn->loop_done = true;
+  if (conn->worker_ref) {
+    if (!server->pool_detached)
+      return;
+    uv_mutex_lock(&conn->io->lock);
+    if (!conn->io->done) {
+      conn->io->orphaned = true;
+      orphan = true;
+    }
+    uv_mutex_unlock(&conn->io->lock);
+    conn->worker_ref = false;
+    uvs__mailbox_unhold(server->mailbox);
+    if (orphan) {
+      uvs__mailbox_cancel(server->mailbox, &conn->msg);
+      unlink_conn(conn);
+      uvs__server_conn_done(server, conn->id);
+      return;
+    }
+  }
+  free_conn(conn);
+}
+
+
+static void free_conn(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
   uint64_t id = conn->id;
 
-  server->nconns--;
-  if (conn->opened && server->handler.on_close != NULL) {
+  unlink_conn(conn);
+  if (conn->opened && server->config.mode == UVS_MODE_EVENT &&
+      server->handler.on_close != NULL) {
     uvs__callback_depth++;
     server->handler.on_close(conn, conn->status);
     uvs__callback_depth--;
   }
-  uvs__list_remove(&conn->node);
+  if (conn->io != NULL) {
+    uvs__mailbox_cancel(server->mailbox, &conn->msg);
+    uvs__reqio_free(conn->io);
+  }
   uvs__free(conn);
   uvs__server_conn_done(server, id);
 }
@@ -174,10 +305,42 @@ static void on_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf) {
 }
 
 
+/* Threading mode: queue the bytes for the handler; stop reading above the
+ * high mark (the worker asks for more below the low mark). */
+static void on_thread_data(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  bool pause;
+  int r;
+
+  uv_mutex_lock(&io->lock);
+  r = uvs__buf_append(&io->in, data, len);
+  pause = r == 0 && io->in.len >= io->input_high && !io->read_paused;
+  if (pause)
+    io->read_paused = true;
+  uv_cond_signal(&io->cond);
+  uv_mutex_unlock(&io->lock);
+  if (r != 0) {
+    uvs__conn_close_now(conn, r);
+    return;
+  }
+  if (pause)
+    uv_read_stop((uv_stream_t*) &conn->tcp);
+}
+
+
 static void on_eof(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
 
   conn->eof = true;
+  if (conn->io != NULL && !conn->closing) {
+    /* The handler reads the EOF after the bytes before it, and may still
+     * write (a half-close). */
+    uv_mutex_lock(&conn->io->lock);
+    conn->io->eof = true;
+    uv_cond_signal(&conn->io->cond);
+    uv_mutex_unlock(&conn->io->lock);
+    return;
+  }
   if (conn->closing) {
     if (conn->shut_done)
       uvs__conn_close_now(conn, 0);
@@ -199,7 +362,13 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
 
   if (nread > 0) {
     /* While closing, input is read only to see the peer's FIN. */
-    if (conn->closing || server->handler.on_data == NULL)
+    if (conn->closing)
+      return;
+    if (conn->io != NULL) {
+      on_thread_data(conn, buf->base, (size_t) nread);
+      return;
+    }
+    if (server->handler.on_data == NULL)
       return;
     uvs__callback_depth++;
     server->handler.on_data(conn, buf->base, (size_t) nread);
@@ -218,6 +387,8 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
 
 
 int uvs_conn_read_stop(uvs_conn_t* conn) {
+  if (conn->io != NULL)
+    return UV_ENOTSUP;
   conn->read_paused = true;
   /* A closing connection keeps reading to see the FIN. */
   if (!conn->closing)
@@ -227,6 +398,8 @@ int uvs_conn_read_stop(uvs_conn_t* conn) {
 
 
 int uvs_conn_read_start(uvs_conn_t* conn) {
+  if (conn->io != NULL)
+    return UV_ENOTSUP;
   if (conn->closing)
     return UV_EPIPE;
   if (!conn->read_paused)
@@ -305,10 +478,21 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
 }
 
 
+/* A peer over max_write_queue is not reading: waiting for it would hold
+ * memory, so it is reset. */
+static void over_cap(uvs_conn_t* conn) {
+  set_reset_on_close(conn);
+  uvs__conn_close_now(conn, UV_ENOBUFS);
+}
+
+
+/* Writes with uv_try_write first, queueing the rest. `cap` (0: none) is
+ * max_write_queue for uvs_conn_write. */
 static int write_common(uvs_conn_t* conn,
                         const char* data,
                         size_t len,
                         bool copy,
+                        size_t cap,
                         uvs_free_cb free_cb,
                         void* free_arg) {
   ssize_t sent;
@@ -316,6 +500,10 @@ static int write_common(uvs_conn_t* conn,
 
   if (conn->closing)
     return UV_EPIPE;
+  if (cap > 0 && conn->write_queued > 0 && len > cap - conn->write_queued) {
+    over_cap(conn);
+    return UV_ENOBUFS;
+  }
   sent = try_write(conn, data, len);
   if (sent < 0) {
     /* The connection is broken; its end reaches on_close. The caller's
@@ -329,6 +517,12 @@ static int write_common(uvs_conn_t* conn,
     if (free_cb != NULL)
       free_cb((void*) data, free_arg);
     return 0;
+  }
+  if (cap > 0 && len - (size_t) sent > cap) {
+    over_cap(conn);
+    if (free_cb != NULL)
+      free_cb((void*) data, free_arg);
+    return UV_ENOBUFS;
   }
   r = queue_write(conn,
                   data + sent,
@@ -354,9 +548,17 @@ static int write_common(uvs_conn_t* conn,
 int uvs_conn_write(uvs_conn_t* conn, const void* data, size_t len) {
   if (conn == NULL || (data == NULL && len > 0))
     return UV_EINVAL;
+  if (conn->io != NULL)
+    return uvs__reqio_write_any(conn, data, len);
   if (len == 0)
     return conn->closing ? UV_EPIPE : 0;
-  return write_common(conn, data, len, true, NULL, NULL);
+  return write_common(conn,
+                      data,
+                      len,
+                      true,
+                      conn->server->config.max_write_queue,
+                      NULL,
+                      NULL);
 }
 
 
@@ -367,13 +569,15 @@ int uvs_conn_write_nocopy(uvs_conn_t* conn,
                           void* arg) {
   if (conn == NULL || free_cb == NULL || (data == NULL && len > 0))
     return UV_EINVAL;
+  if (conn->io != NULL)
+    return UV_ENOTSUP;
   if (conn->closing)
     return UV_EPIPE;
   if (len == 0) {
     free_cb(data, arg);
     return 0;
   }
-  return write_common(conn, data, len, false, free_cb, arg);
+  return write_common(conn, data, len, false, 0, free_cb, arg);
 }
 
 
@@ -405,7 +609,13 @@ static void on_write(uv_write_t* req, int status) {
 
 
 size_t uvs_conn_write_queue_size(const uvs_conn_t* conn) {
-  return conn->write_queued;
+  size_t n;
+  if (conn->io == NULL)
+    return conn->write_queued;
+  uv_mutex_lock(&conn->io->lock);
+  n = conn->io->out.len + conn->io->inflight;
+  uv_mutex_unlock(&conn->io->lock);
+  return n;
 }
 
 
@@ -435,12 +645,20 @@ static int start_close_timer(uvs_conn_t* conn, uint64_t ms) {
 
 
 int uvs_conn_close(uvs_conn_t* conn) {
-  int r;
-
   if (conn == NULL)
     return UV_EINVAL;
+  if (conn->io != NULL)
+    return uvs__reqio_close_any(conn, false);
+  close_graceful(conn);
+  return 0;
+}
+
+
+static void close_graceful(uvs_conn_t* conn) {
+  int r;
+
   if (conn->closing)
-    return 0;
+    return;
   conn->closing = true;
   notify_shutdown_request(conn);
   /* Keep reading (and discarding) so the peer's FIN is seen. */
@@ -450,12 +668,11 @@ int uvs_conn_close(uvs_conn_t* conn) {
   r = uv_shutdown(&conn->shutdown_req, (uv_stream_t*) &conn->tcp, on_shutdown);
   if (r != 0) {
     uvs__conn_close_now(conn, r == UV_ENOTCONN ? 0 : r);
-    return 0;
+    return;
   }
   /* Without memory for the timer the flush is unbounded, as before. */
   if (conn->write_queued > 0 && conn->server->config.close_timeout_ms > 0)
     start_close_timer(conn, conn->server->config.close_timeout_ms);
-  return 0;
 }
 
 
@@ -494,11 +711,147 @@ static void on_close_timer(uv_timer_t* handle) {
 int uvs_conn_abort(uvs_conn_t* conn) {
   if (conn == NULL)
     return UV_EINVAL;
+  if (conn->io != NULL && !conn->tcp_opened)
+    return uvs__reqio_close_any(conn, true); /* sync, inside the handler */
+  if (conn->io != NULL && conn->server->config.mode == UVS_MODE_THREADING)
+    return uvs__reqio_close_any(conn, true);
+  abort_now(conn);
+  return 0;
+}
+
+
+static void abort_now(uvs_conn_t* conn) {
   if (conn->handle_closing)
-    return 0;
+    return;
   set_reset_on_close(conn);
   uvs__conn_close_now(conn, 0);
-  return 0;
+}
+
+
+/* ---- Threading mode: the loop's side -------------------------------- */
+
+/* The loop has sent (or dropped) an output chunk: the handler may have
+ * room to write again. Output chunks are never consumed from the head, so
+ * the bytes start at chunk->data. */
+static void on_chunk_sent(void* data, void* arg) {
+  uvs_conn_t* conn = arg;
+  uvs__chunk_t* chunk =
+      (uvs__chunk_t*) ((char*) data - offsetof(uvs__chunk_t, data));
+  uv_mutex_lock(&conn->io->lock);
+  conn->io->inflight -= chunk->end;
+  uv_cond_signal(&conn->io->cond);
+  uv_mutex_unlock(&conn->io->lock);
+  uvs__free(chunk);
+}
+
+
+static void send_chunks(uvs_conn_t* conn, uvs__chunk_t* chunk) {
+  while (chunk != NULL) {
+    uvs__chunk_t* next = chunk->next;
+    int r = UV_EPIPE;
+    if (!conn->closing) {
+      r = write_common(conn,
+                       chunk->data,
+                       chunk->end,
+                       false,
+                       0,
+                       on_chunk_sent,
+                       conn);
+    }
+    if (r != 0)
+      on_chunk_sent(chunk->data, conn);
+    chunk = next;
+  }
+}
+
+
+/* A worker posted: send its output, resume reading, close, or finish the
+ * request. Runs on the loop thread; everything it needs was set under the
+ * I/O lock. */
+static void on_conn_msg(uvs__msg_t* msg) {
+  uvs_conn_t* conn = container_of(msg, uvs_conn_t, msg);
+  uvs__io_t* io = conn->io;
+  uvs__chunk_t* chunks = NULL;
+  size_t len = 0;
+  bool resume;
+  bool close;
+  bool abort;
+  bool done;
+
+  uv_mutex_lock(&io->lock);
+  if (io->want_flush) {
+    chunks = uvs__buf_take(&io->out, &len);
+    io->inflight += len;
+    io->want_flush = false;
+  }
+  resume = io->want_read && io->read_paused;
+  if (resume)
+    io->read_paused = false;
+  io->want_read = false;
+  close = io->want_close;
+  abort = io->want_abort;
+  io->want_close = false;
+  io->want_abort = false;
+  done = io->done;
+  uv_mutex_unlock(&io->lock);
+
+  if (chunks != NULL)
+    send_chunks(conn, chunks);
+  if (resume && !conn->closing)
+    uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+  if (abort)
+    abort_now(conn);
+  else if (close)
+    close_graceful(conn);
+  if (done && conn->worker_ref) {
+    conn->worker_ref = false;
+    uvs__mailbox_unhold(conn->server->mailbox);
+    if (conn->loop_done)
+      free_conn(conn);
+    else
+      close_graceful(conn);
+  }
+}
+
+
+void uvs__conn_run_job(uvs__list_t* job) {
+  uvs_conn_t* conn = container_of(job, uvs_conn_t, job);
+  uvs__io_t* io = conn->io;
+  bool orphaned;
+
+  uvs__reqio_run(conn);
+  uv_mutex_lock(&io->lock);
+  orphaned = io->orphaned;
+  if (!orphaned) {
+    io->done = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+  }
+  uv_mutex_unlock(&io->lock);
+  /* The server closed without waiting and gave the connection to us. */
+  if (orphaned) {
+    uvs__reqio_free(io);
+    uvs__free(conn);
+  }
+}
+
+
+void uvs__conn_cancel_job(uvs__list_t* job) {
+  uvs_conn_t* conn = container_of(job, uvs_conn_t, job);
+  conn->worker_ref = false;
+  uvs__mailbox_unhold(conn->server->mailbox);
+  if (conn->loop_done)
+    free_conn(conn);
+}
+
+
+bool uvs__conn_is_open(uvs_conn_t* conn) {
+  bool open;
+  if (conn->io == NULL || conn->server->config.mode != UVS_MODE_THREADING)
+    return !conn->closing;
+  uv_mutex_lock(&conn->io->lock);
+  open = conn->io->error == 0;
+  uv_mutex_unlock(&conn->io->lock);
+  return open;
 }
 
 
@@ -521,6 +874,9 @@ void* uvs_conn_state(const uvs_conn_t* conn) {
 
 int uvs_conn_fileno(const uvs_conn_t* conn) {
   uv_os_fd_t fd;
+  /* A blocking handler's descriptor stays open until it returns. */
+  if (conn->io != NULL)
+    return conn->fd;
   if (uv_fileno((const uv_handle_t*) &conn->tcp, &fd) != 0)
     return UV_EBADF;
   return fd;

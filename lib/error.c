@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Version and error text. uvs reports errors as negative libuv codes, so the
- * messages and names are libuv's; uvs adds no codes of its own yet.
+ * messages and names are libuv's, plus uvs's own few (UVS_ERRNO_MAP), which
+ * sit below libuv's range.
  */
 #include "internal.h"
 
@@ -34,6 +35,11 @@ static bool is_known(int err) {
 
 
 const char* uvs_strerror(int err) {
+#define UVS__ERRNO_MSG(name, value, message) \
+ if (err == (value))                         \
+  return message;
+  UVS_ERRNO_MAP(UVS__ERRNO_MSG)
+#undef UVS__ERRNO_MSG
   if (err == 0)
     return "success";
   if (!is_known(err))
@@ -43,6 +49,11 @@ const char* uvs_strerror(int err) {
 
 
 const char* uvs_err_name(int err) {
+#define UVS__ERRNO_NAME(name, value, message) \
+ if (err == (value))                          \
+  return #name;
+  UVS_ERRNO_MAP(UVS__ERRNO_NAME)
+#undef UVS__ERRNO_NAME
   if (err == 0)
     return "OK";
   if (!is_known(err))

@@ -85,6 +85,128 @@ int uvs__addr_from_sockaddr(uvs_address_t* addr,
                             socklen_t len);
 
 
+/* ---- buf.c ----------------------------------------------------------- */
+
+/* A chunk of a byte queue: bytes [start, end) of data[cap] are queued. */
+typedef struct uvs__chunk_s {
+  struct uvs__chunk_s* next;
+  size_t cap;
+  size_t start;
+  size_t end;
+  char data[];
+} uvs__chunk_t;
+
+/* A byte queue: append at the tail, consume from the head. */
+typedef struct uvs__buf_s {
+  uvs__chunk_t* head;
+  uvs__chunk_t* tail;
+  size_t len; /* bytes queued */
+} uvs__buf_t;
+
+void uvs__buf_init(uvs__buf_t* buf);
+/* Frees every chunk; the queue is empty after. */
+void uvs__buf_clear(uvs__buf_t* buf);
+/* Copies `len` bytes in. Returns 0 or UV_ENOMEM (nothing appended). */
+int uvs__buf_append(uvs__buf_t* buf, const void* data, size_t len);
+/* Moves up to `n` bytes out into `dst`; returns how many. */
+size_t uvs__buf_read(uvs__buf_t* buf, void* dst, size_t n);
+/* Moves bytes out into `dst` up to and including the first '\n', at most
+ * `n`; sets `*newline` when the '\n' was moved. Returns how many. */
+size_t uvs__buf_read_line(uvs__buf_t* buf, char* dst, size_t n, bool* newline);
+/* Detaches every chunk (the caller frees them with uvs__buf_free_chunks)
+ * and stores the byte count in `*len`; the queue is empty after. */
+uvs__chunk_t* uvs__buf_take(uvs__buf_t* buf, size_t* len);
+void uvs__buf_free_chunks(uvs__chunk_t* chunk);
+
+
+/* ---- mailbox.c ------------------------------------------------------- */
+
+/* A wake-up for the loop thread, embedded in the object it concerns. */
+typedef struct uvs__msg_s {
+  uvs__list_t node;
+  void (*run)(struct uvs__msg_s* msg); /* on the loop thread */
+  bool queued;                         /* guarded by the mailbox lock */
+} uvs__msg_t;
+
+typedef struct uvs__mailbox_s {
+  uv_loop_t* loop;
+  uv_async_t async;
+  uv_mutex_t lock;
+  uvs__list_t queue;         /* of uvs__msg_t, under `lock` */
+  uvs__list_t registry_node; /* under the registry lock */
+  int refs;                  /* servers using it, under the registry lock */
+  unsigned holds;            /* loop thread: reasons to keep the loop alive */
+  uvs_server_t* closing_server;
+} uvs__mailbox_t;
+
+/* The mailbox of `loop`, made on first use; counted per server. Loop
+ * thread. Returns 0 or UV_ENOMEM. */
+int uvs__mailbox_acquire(uv_loop_t* loop, uvs__mailbox_t** out);
+/* Drops `server`'s count; the last one closes the handle, counted in
+ * server's pending closes. Loop thread. */
+void uvs__mailbox_release(uvs__mailbox_t* mb, uvs_server_t* server);
+/* Queues `msg` (once) and wakes the loop. Any thread. */
+void uvs__mailbox_post(uvs__mailbox_t* mb, uvs__msg_t* msg);
+/* Unqueues `msg` if queued: before its object is freed. Loop thread. */
+void uvs__mailbox_cancel(uvs__mailbox_t* mb, uvs__msg_t* msg);
+/* Keep the loop alive (the async handle referenced) while held. Loop
+ * thread. */
+void uvs__mailbox_hold(uvs__mailbox_t* mb);
+void uvs__mailbox_unhold(uvs__mailbox_t* mb);
+
+
+/* ---- pool.c ---------------------------------------------------------- */
+
+typedef struct uvs__pool_s uvs__pool_t;
+
+typedef struct uvs__worker_s {
+  uv_thread_t tid;
+  uvs__list_t node; /* on threads, then on exited */
+  uvs__pool_t* pool;
+} uvs__worker_t;
+
+struct uvs__pool_s {
+  uv_mutex_t lock;
+  uv_cond_t work; /* idle workers wait for a job */
+  uv_cond_t gone; /* a worker exited */
+  uvs__list_t jobs;
+  uvs__list_t threads; /* live workers */
+  uvs__list_t exited;  /* exited, not yet joined */
+  size_t njobs;
+  unsigned nthreads;
+  unsigned nidle;
+  unsigned max_threads; /* 0: no cap */
+  uint64_t idle_ms;
+  size_t stack_size;
+  bool stopping;
+  bool detached;
+  void (*run)(uvs__list_t* job);
+  void (*on_last)(void* arg); /* detached: after the last worker */
+  void* on_last_arg;
+};
+
+int uvs__pool_new(uvs__pool_t** out,
+                  unsigned max_threads,
+                  uint64_t idle_ms,
+                  size_t stack_size,
+                  void (*run)(uvs__list_t* job));
+/* Queues `job`, starting a worker when none is idle and the cap allows.
+ * Returns 0, or the thread creation error when no worker exists to run it
+ * (the job is not queued then). Loop thread. */
+int uvs__pool_submit(uvs__pool_t* pool, uvs__list_t* job);
+/* Unqueues every job no worker has started and passes each to `cb`. */
+void uvs__pool_cancel_queued(uvs__pool_t* pool, void (*cb)(uvs__list_t* job));
+/* Stops the pool: joins every worker (wait), or detaches them, the last
+ * freeing the pool and then calling `on_last(arg)` (at once when none
+ * runs). The pool is gone, or no longer the caller's, after. */
+void uvs__pool_close(uvs__pool_t* pool,
+                     bool wait,
+                     void (*on_last)(void* arg),
+                     void* arg);
+/* Test hook: thread records held, live and exited. */
+size_t uvs__pool_thread_records(uvs__pool_t* pool);
+
+
 /* ---- server.c -------------------------------------------------------- */
 
 /* serve_forever's state machine (socketserver-reference.md 4.1). */
@@ -115,7 +237,10 @@ struct uvs_server_s {
   uv_timer_t accept_retry;
   uint64_t accept_errors;
 
-  /* Connections (conn.c). */
+  /* Connections (conn.c). `conns_lock` guards the list and the count for
+   * uvs_server_foreach from other threads; the loop thread alone changes
+   * them. */
+  uv_mutex_t conns_lock;
   uvs__list_t conns;
   size_t nconns;
   uint64_t next_conn_id;
@@ -130,8 +255,17 @@ struct uvs_server_s {
   uint64_t serve_generation; /* serve_forever runs that have returned */
   int shutdown_waiters;      /* threads inside uvs_server_shutdown */
   uv_thread_t serving_thread;
-  uv_async_t async; /* wakes the loop from other threads */
+  int stop_status;         /* UVS_ESTOP once a handler asked, until returned */
+  uvs__mailbox_t* mailbox; /* the loop's; other threads wake it */
+  uvs__msg_t stop_msg;
+  bool held; /* the mailbox keeps the loop alive for serve/handle_request */
   uv_timer_t service_timer;
+
+  bool mailbox_gone; /* under `lock`: closing, no more posts */
+
+  /* Threading mode. */
+  uvs__pool_t* pool;
+  bool pool_detached; /* closed without waiting for handlers */
 
   /* handle_request. */
   bool running;            /* serve_forever or handle_request runs */
@@ -163,6 +297,11 @@ void uvs__server_closing_handle(uvs_server_t* server);
 void uvs__server_handle_closed(uvs_server_t* server);
 /* A connection finished; handle_request uses this to know it is done. */
 void uvs__server_conn_done(uvs_server_t* server, uint64_t id);
+/* A shutdown asked the running serve_forever to return. Any thread. */
+bool uvs__server_stop_requested(uvs_server_t* server);
+/* A handler returned UVS_ESTOP: stop serve_forever (or make the running
+ * handle_request return it) without waiting. Any thread. */
+void uvs__server_request_stop(uvs_server_t* server);
 
 
 /* ---- listen_stream.c ------------------------------------------------- */
@@ -195,10 +334,50 @@ typedef struct uvs__write_s {
   void* free_arg;
 } uvs__write_t;
 
+/* A blocking-mode connection's request side (reqio.c). In threading mode
+ * the loop and the worker share it under `lock`; in sync mode only the
+ * loop thread uses it. */
+typedef struct uvs__io_s {
+  uv_mutex_t lock;
+  uv_cond_t cond;  /* the worker waits for input, output room or an end */
+  uvs__buf_t in;   /* received, not yet read by the handler */
+  uvs__buf_t out;  /* written by threads, not yet taken by the loop */
+  size_t inflight; /* taken by the loop, not yet sent */
+  int error;       /* the end seen by request I/O: UV_ECANCELED, a reset */
+  bool eof;        /* the peer's FIN follows the bytes in `in` */
+  bool read_paused;
+  bool want_read;  /* the worker drained `in` below the low mark */
+  bool want_flush; /* `out` has bytes for the loop */
+  bool want_close; /* uvs_conn_close from a thread */
+  bool want_abort; /* uvs_conn_abort, or over max_write_queue */
+  bool done;       /* the handler has finished */
+  bool orphaned;   /* the server closed without waiting: the worker frees */
+  bool threaded;   /* threading mode (else sync: fd-direct, no lock) */
+  /* Copied from the server, which a detached worker may outlive. */
+  uvs_request_cb setup;
+  uvs_request_cb handle;
+  uvs_request_cb finish;
+  size_t input_high;
+  size_t output_high;
+  size_t max_queue;
+  size_t wbufsize;
+  /* Handler thread only. */
+  int64_t timeout_ms;
+  char* wbuf;
+  size_t wlen;
+} uvs__io_t;
+
 struct uvs_conn_s {
   uv_tcp_t tcp; /* first: the handle's close callback finds the conn */
   uvs_server_t* server;
   uvs__list_t node;
+  uvs__io_t* io;   /* blocking modes */
+  uvs__list_t job; /* threading: the pool's queue */
+  uvs__msg_t msg;  /* threading: wake-ups from the worker */
+  bool worker_ref; /* threading: a job holds the conn (loop's view) */
+  bool loop_done;  /* every handle is closed */
+  bool tcp_opened; /* the handle owns the fd (sync: after the handler) */
+  uv_os_sock_t fd;
   uvs_address_t peer;
   uint64_t id;
   size_t write_queued; /* bytes in queued uv_write requests */
@@ -224,6 +403,30 @@ int uvs__conn_accept(uvs_server_t* server,
                      uint64_t* id);
 /* Closes at once with `status` (server close: UV_ECANCELED). */
 void uvs__conn_close_now(uvs_conn_t* conn, int status);
+/* Threading mode, server closing: drops a queued job's reference. */
+void uvs__conn_cancel_job(uvs__list_t* job);
+/* Threading mode: the pool's run function. */
+void uvs__conn_run_job(uvs__list_t* job);
+/* Not closing: uvs_server_foreach visits it. Any thread. */
+bool uvs__conn_is_open(uvs_conn_t* conn);
+
+
+/* ---- reqio.c --------------------------------------------------------- */
+
+/* Makes the request side of a blocking-mode connection. */
+int uvs__reqio_new(uvs_conn_t* conn);
+void uvs__reqio_free(uvs__io_t* io);
+/* Runs setup, handle, finish, flushes uvs_write's buffer, then reports an
+ * error to handle_error and a UVS_ESTOP to the server. */
+void uvs__reqio_run(uvs_conn_t* conn);
+/* The loop closes a threading connection: wakes the handler with `err`. */
+void uvs__reqio_cancel(uvs_conn_t* conn, int err);
+/* uvs_conn_write in the blocking modes: queued and capped (threading, any
+ * thread) or sent at once (sync). */
+int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len);
+/* uvs_conn_close/abort in the blocking modes: the handler's I/O fails from
+ * now on and the loop closes once it can. */
+int uvs__reqio_close_any(uvs_conn_t* conn, bool abort);
 
 
 #endif /* UVS_INTERNAL_H */

@@ -239,6 +239,7 @@ static void take_connection(uvs_server_t* server,
 
 static void on_readable(uv_poll_t* handle, int status, int events) {
   uvs_server_t* server = container_of(handle, uvs_server_t, poll);
+  bool sync = server->config.mode == UVS_MODE_SYNC;
   unsigned i;
 
   if (status < 0) {
@@ -248,10 +249,15 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
   for (i = 0; i < server->config.accept_batch && server->poll_active; i++) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
-    int fd = accept4(server->fd,
-                     (struct sockaddr*) &ss,
-                     &len,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd;
+    /* A sync-mode request blocks the loop: a shutdown asked meanwhile
+     * must stop the server before the next client is taken. */
+    if (sync && uvs__server_stop_requested(server))
+      break;
+    fd = accept4(server->fd,
+                 (struct sockaddr*) &ss,
+                 &len,
+                 SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int err = errno;
       if (err == EAGAIN || err == EWOULDBLOCK)
@@ -265,5 +271,9 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
     }
     server->accept_error_logged = false;
     take_connection(server, fd, (struct sockaddr*) &ss, len);
+    /* Sync mode serves one request per wake-up, so the loop sees signals,
+     * timers and shutdowns between requests. */
+    if (sync)
+      break;
   }
 }

@@ -8,7 +8,8 @@
  * serve_forever, after one has returned, twice in a row, or from inside a
  * callback on the loop thread each has one defined result and none of them
  * deadlocks or leaves a stale flag (socketserver-reference.md 2.3, 4.1).
- * Other threads reach the loop only through `async`.
+ * Other threads reach the loop only through the loop's mailbox
+ * (mailbox.c), with `stop_msg`.
  *
  * Closing is asynchronous underneath (libuv's close-callback rule): every
  * handle the server owns is counted in `pending_closes`, every connection
@@ -25,12 +26,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static void on_async(uv_async_t* handle);
+static void on_stop_msg(uvs__msg_t* msg);
 static void on_service_timer(uv_timer_t* handle);
 static void on_request_timeout(uv_timer_t* handle);
 static void on_handle_closed(uv_handle_t* handle);
 static void close_server_handle(uvs_server_t* server, uv_handle_t* handle);
 static void finish_close(uvs_server_t* server);
+static void release_mailbox(uvs_server_t* server);
+static void free_server(void* arg);
 
 
 _Thread_local int uvs__callback_depth;
@@ -56,14 +59,16 @@ static void ignore_sigpipe(void) {
 
 static int check_config(const uvs_config_t* config) {
   if (config->request_queue_size < 0 || config->accept_batch == 0 ||
-      config->read_buffer_size == 0 || config->timeout_ms < -1) {
+      config->read_buffer_size == 0 || config->timeout_ms < -1 ||
+      config->request_timeout_ms < -1 || config->input_high_water == 0 ||
+      config->output_high_water == 0) {
     return UV_EINVAL;
   }
   switch (config->mode) {
   case UVS_MODE_EVENT:
-    return 0;
   case UVS_MODE_SYNC:
   case UVS_MODE_THREADING:
+    return 0;
   case UVS_MODE_FORKING:
     return UV_ENOTSUP;
   }
@@ -84,6 +89,17 @@ void uvs_config_init(uvs_config_t* config) {
   config->close_linger_ms = 2000;
   config->close_timeout_ms = 30000;
   config->read_buffer_size = 65536;
+  config->max_threads = 256;
+  config->thread_idle_ms = 10000;
+  config->thread_stack_size = 0;
+  config->block_on_close = 1;
+  config->daemon_threads = 0;
+  config->request_timeout_ms = -1;
+  config->wbufsize = 0;
+  config->disable_nagle_algorithm = 0;
+  config->input_high_water = 65536;
+  config->output_high_water = 262144;
+  config->max_write_queue = 0;
 }
 
 
@@ -91,6 +107,8 @@ void uvs_config_init(uvs_config_t* config) {
 static void free_unstarted(uvs_server_t* server) {
   if (server->fd >= 0)
     close(server->fd);
+  if (server->pool != NULL)
+    uvs__pool_close(server->pool, true, NULL, NULL);
   if (server->owned_loop != NULL) {
     uv_loop_close(server->owned_loop);
     uvs__free(server->owned_loop);
@@ -177,27 +195,40 @@ int uvs_server_new(uv_loop_t* loop,
       goto fail;
   }
 
+  if (config->mode == UVS_MODE_THREADING) {
+    r = uvs__pool_new(&server->pool,
+                      config->max_threads,
+                      config->thread_idle_ms,
+                      config->thread_stack_size,
+                      uvs__conn_run_job);
+    if (r != 0)
+      goto fail;
+  }
   if (uv_mutex_init(&server->lock) != 0) {
     r = UV_ENOMEM;
     goto fail;
   }
-  if (uv_cond_init(&server->cond) != 0) {
+  if (uv_mutex_init(&server->conns_lock) != 0) {
     uv_mutex_destroy(&server->lock);
     r = UV_ENOMEM;
     goto fail;
   }
-  r = uv_async_init(loop, &server->async, on_async);
+  if (uv_cond_init(&server->cond) != 0) {
+    uv_mutex_destroy(&server->conns_lock);
+    uv_mutex_destroy(&server->lock);
+    r = UV_ENOMEM;
+    goto fail;
+  }
+  r = uvs__mailbox_acquire(loop, &server->mailbox);
   if (r != 0) {
     uv_cond_destroy(&server->cond);
+    uv_mutex_destroy(&server->conns_lock);
     uv_mutex_destroy(&server->lock);
     goto fail;
   }
-  /* The async handle only wakes the loop; it keeps it alive only while
-   * serve_forever runs. */
-  uv_unref((uv_handle_t*) &server->async);
+  server->stop_msg.run = on_stop_msg;
   uv_timer_init(loop, &server->service_timer);
   uv_timer_init(loop, &server->accept_retry);
-  uv_handle_set_data((uv_handle_t*) &server->async, server);
   uv_handle_set_data((uv_handle_t*) &server->service_timer, server);
   uv_handle_set_data((uv_handle_t*) &server->accept_retry, server);
   r = uv_poll_init_socket(loop, &server->poll, server->fd);
@@ -205,7 +236,7 @@ int uvs_server_new(uv_loop_t* loop,
     /* Handles exist now: unwind through the close path. */
     server->closing = true;
     server->close_sync = server->owned_loop != NULL;
-    close_server_handle(server, (uv_handle_t*) &server->async);
+    release_mailbox(server);
     close_server_handle(server, (uv_handle_t*) &server->service_timer);
     close_server_handle(server, (uv_handle_t*) &server->accept_retry);
     close(server->fd);
@@ -272,12 +303,35 @@ int uvs_server_stop(uvs_server_t* server) {
 }
 
 
+/* serve_forever and handle_request keep the loop alive through the
+ * mailbox while they run (a paused connection has no active handle). */
+static void hold(uvs_server_t* server, bool on) {
+  if (on == server->held)
+    return;
+  server->held = on;
+  if (on)
+    uvs__mailbox_hold(server->mailbox);
+  else
+    uvs__mailbox_unhold(server->mailbox);
+}
+
+
+static bool server_waits_for_handlers(const uvs_server_t* server) {
+  return server->config.block_on_close && !server->config.daemon_threads;
+}
+
+
 static bool stop_requested(uvs_server_t* server) {
   bool stop;
   uv_mutex_lock(&server->lock);
   stop = server->stop_requested;
   uv_mutex_unlock(&server->lock);
   return stop;
+}
+
+
+bool uvs__server_stop_requested(uvs_server_t* server) {
+  return stop_requested(server);
 }
 
 
@@ -310,7 +364,7 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
 
   r = uvs_server_start(server);
   if (r == 0) {
-    uv_ref((uv_handle_t*) &server->async);
+    hold(server, true);
     if (poll_interval_ms > 0 && server->config.hooks.service_actions != NULL) {
       uv_timer_start(&server->service_timer,
                      on_service_timer,
@@ -322,11 +376,14 @@ int uvs_server_serve_forever(uvs_server_t* server, uint64_t poll_interval_ms) {
     while (!stop_requested(server))
       uv_run(server->loop, UV_RUN_DEFAULT);
     uv_timer_stop(&server->service_timer);
-    uv_unref((uv_handle_t*) &server->async);
+    hold(server, false);
     uvs_server_stop(server);
   }
 
   uv_mutex_lock(&server->lock);
+  if (r == 0)
+    r = server->stop_status;
+  server->stop_status = 0;
   server->running = false;
   server->serve_state = UVS__STOPPED;
   server->stop_requested = false;
@@ -362,7 +419,8 @@ int uvs_server_shutdown(uvs_server_t* server) {
      * serving thread may start right after it (a restart loop). */
     generation = server->serve_generation;
     server->shutdown_waiters++;
-    uv_async_send(&server->async);
+    if (!server->mailbox_gone)
+      uvs__mailbox_post(server->mailbox, &server->stop_msg);
     while (server->serve_generation == generation)
       uv_cond_wait(&server->cond, &server->lock);
     /* uvs_server_close waits for the last waiter before it frees. */
@@ -401,7 +459,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
   if (r == 0) {
     /* Keep the loop alive while the connection pauses its reading, so
      * UV_RUN_ONCE blocks instead of spinning. */
-    uv_ref((uv_handle_t*) &server->async);
+    hold(server, true);
     if (server->config.timeout_ms >= 0) {
       /* The loop's clock may be stale (the loop sat idle): the timeout
        * counts from this call. */
@@ -421,7 +479,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
         server->one_shot_timed_out = false;
     }
     uv_timer_stop(&server->service_timer);
-    uv_unref((uv_handle_t*) &server->async);
+    hold(server, false);
   }
   server->one_shot = false;
   server->accepting = was_accepting;
@@ -437,6 +495,9 @@ int uvs_server_handle_request(uvs_server_t* server) {
     }
   }
   uv_mutex_lock(&server->lock);
+  if (r == 0)
+    r = server->stop_status;
+  server->stop_status = 0;
   server->running = false;
   uv_mutex_unlock(&server->lock);
   return r;
@@ -469,22 +530,35 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
   server->closing = true;
   server->close_cb = cb;
   server->accepting = false;
+  hold(server, false);
 
   uvs__listen_stream_close(server);
-  close_server_handle(server, (uv_handle_t*) &server->async);
   close_server_handle(server, (uv_handle_t*) &server->service_timer);
   close_server_handle(server, (uv_handle_t*) &server->accept_retry);
+  /* Requests no worker has started are dropped; running handlers are
+   * woken with UV_ECANCELED by their connection's close. */
+  if (server->pool != NULL)
+    uvs__pool_cancel_queued(server->pool, uvs__conn_cancel_job);
   for (node = server->conns.next; node != &server->conns; node = next) {
     next = node->next;
     uvs__conn_close_now(container_of(node, uvs_conn_t, node), UV_ECANCELED);
   }
+  /* Without block_on_close the close does not wait for running handlers:
+   * their connections are handed to them as their loop side finishes
+   * (conn.c), and the pool is detached at the end. */
+  server->pool_detached =
+      server->pool != NULL && !server_waits_for_handlers(server);
 
   /* Run the loop here unless a caller's callback is on the stack (the loop
    * is running then) and the loop is not ours; an owned loop is run by
    * nobody else. */
   if (server->owned_loop != NULL || (cb == NULL && uvs__callback_depth == 0)) {
     server->close_sync = true;
-    while (server->pending_closes > 0 || !uvs__list_empty(&server->conns))
+    /* Running handlers report through the mailbox: it goes last. */
+    while (!uvs__list_empty(&server->conns))
+      uv_run(server->loop, UV_RUN_ONCE);
+    release_mailbox(server);
+    while (server->pending_closes > 0)
       uv_run(server->loop, UV_RUN_ONCE);
     finish_close(server);
   }
@@ -512,7 +586,32 @@ uv_loop_t* uvs_server_loop(const uvs_server_t* server) {
 
 
 size_t uvs_server_connection_count(const uvs_server_t* server) {
-  return server->nconns;
+  size_t n;
+  uv_mutex_lock((uv_mutex_t*) &server->conns_lock);
+  n = server->nconns;
+  uv_mutex_unlock((uv_mutex_t*) &server->conns_lock);
+  return n;
+}
+
+
+int uvs_server_foreach(uvs_server_t* server, uvs_foreach_cb cb, void* arg) {
+  uvs__list_t* node;
+  int n = 0;
+
+  if (server == NULL || cb == NULL)
+    return UV_EINVAL;
+  /* The loop frees a connection only after unlinking it under this lock,
+   * so every conn on the list stays valid while `cb` runs. */
+  uv_mutex_lock(&server->conns_lock);
+  for (node = server->conns.next; node != &server->conns; node = node->next) {
+    uvs_conn_t* conn = container_of(node, uvs_conn_t, node);
+    if (!uvs__conn_is_open(conn))
+      continue;
+    cb(conn, arg);
+    n++;
+  }
+  uv_mutex_unlock(&server->conns_lock);
+  return n;
 }
 
 
@@ -565,10 +664,28 @@ void uvs__server_shutdown_request(uvs_server_t* server,
 /* The asynchronous close ends when the last handle and the last connection
  * have closed; a synchronous close finishes after its own loop instead. */
 static void maybe_finish_close(uvs_server_t* server) {
-  if (server->closing && !server->close_sync && server->pending_closes == 0 &&
-      uvs__list_empty(&server->conns)) {
-    finish_close(server);
+  if (!server->closing || server->close_sync ||
+      !uvs__list_empty(&server->conns)) {
+    return;
   }
+  release_mailbox(server);
+  if (server->pending_closes == 0)
+    finish_close(server);
+}
+
+
+/* Once no connection is left, nothing will post for this server: leave
+ * the loop's mailbox (its handle's close is counted when it is the last
+ * user). */
+static void release_mailbox(uvs_server_t* server) {
+  if (server->mailbox == NULL)
+    return;
+  uv_mutex_lock(&server->lock);
+  server->mailbox_gone = true;
+  uv_mutex_unlock(&server->lock);
+  uvs__mailbox_cancel(server->mailbox, &server->stop_msg);
+  uvs__mailbox_release(server->mailbox, server);
+  server->mailbox = NULL;
 }
 
 
@@ -608,22 +725,61 @@ static void finish_close(uvs_server_t* server) {
     server->close_cb(server);
     uvs__callback_depth--;
   }
-  uv_mutex_destroy(&server->lock);
-  uv_cond_destroy(&server->cond);
   uvs__free(server->read_buf);
-  uvs__free(server);
+  server->read_buf = NULL;
   if (owned != NULL) {
     uv_run(owned, UV_RUN_NOWAIT);
     uv_loop_close(owned);
     uvs__free(owned);
   }
+  /* Detached handlers may still use the server (uvs_conn_server, hooks):
+   * the last worker frees it. */
+  if (server->pool != NULL) {
+    uvs__pool_t* pool = server->pool;
+    server->pool = NULL;
+    if (server->pool_detached) {
+      uvs__pool_close(pool, false, free_server, server);
+      return;
+    }
+    uvs__pool_close(pool, true, NULL, NULL);
+  }
+  free_server(server);
 }
 
 
-static void on_async(uv_async_t* handle) {
-  uvs_server_t* server = container_of(handle, uvs_server_t, async);
+static void free_server(void* arg) {
+  uvs_server_t* server = arg;
+  uv_mutex_destroy(&server->lock);
+  uv_mutex_destroy(&server->conns_lock);
+  uv_cond_destroy(&server->cond);
+  uvs__free(server);
+}
+
+
+static void on_stop_msg(uvs__msg_t* msg) {
+  uvs_server_t* server = container_of(msg, uvs_server_t, stop_msg);
   if (stop_requested(server))
     uv_stop(server->loop);
+}
+
+
+void uvs__server_request_stop(uvs_server_t* server) {
+  uv_mutex_lock(&server->lock);
+  server->stop_status = UVS_ESTOP;
+  switch (server->serve_state) {
+  case UVS__IDLE_NEW:
+    if (!server->running)
+      server->stop_pending = true;
+    break;
+  case UVS__STOPPED:
+    break;
+  case UVS__SERVING:
+    server->stop_requested = true;
+    if (!server->mailbox_gone)
+      uvs__mailbox_post(server->mailbox, &server->stop_msg);
+    break;
+  }
+  uv_mutex_unlock(&server->lock);
 }
 
 

@@ -28,6 +28,17 @@ static void config_defaults(void) {
   ASSERT_TRUE(config.hooks.handle_timeout == NULL);
   ASSERT_TRUE(config.hooks.service_actions == NULL);
   ASSERT_TRUE(config.hooks.shutdown_request == NULL);
+  ASSERT_EQ(config.max_threads, 256);
+  ASSERT_EQ(config.thread_idle_ms, 10000);
+  ASSERT_EQ(config.thread_stack_size, 0);
+  ASSERT_EQ(config.block_on_close, 1);
+  ASSERT_EQ(config.daemon_threads, 0);
+  ASSERT_EQ(config.request_timeout_ms, -1);
+  ASSERT_EQ(config.wbufsize, 0);
+  ASSERT_EQ(config.disable_nagle_algorithm, 0);
+  ASSERT_EQ(config.input_high_water, 65536);
+  ASSERT_EQ(config.output_high_water, 262144);
+  ASSERT_EQ(config.max_write_queue, 0);
 }
 
 
@@ -54,6 +65,11 @@ static void error_text(void) {
   ASSERT_STR_EQ(uvs_strerror(-123456), "unknown error");
   ASSERT_STR_EQ(uvs_err_name(-123456), "UNKNOWN");
   ASSERT_STR_EQ(uvs_strerror(12), "unknown error");
+  /* uvs's own codes. */
+  ASSERT_STR_EQ(uvs_err_name(UVS_ESTOP), "ESTOP");
+  ASSERT_STR_EQ(uvs_strerror(UVS_ESTOP),
+                "the handler asked the server to stop");
+  ASSERT_TRUE((int) UVS_ESTOP < (int) UV_ERRNO_MAX);
 }
 
 
@@ -110,9 +126,7 @@ static void new_rejects_bad_arguments(void) {
 
 /* Modes and transports of later releases say so instead of misbehaving. */
 static void new_rejects_unserved(void) {
-  static const uvs_mode_t modes[] = { UVS_MODE_SYNC,
-                                      UVS_MODE_THREADING,
-                                      UVS_MODE_FORKING };
+  static const uvs_mode_t modes[] = { UVS_MODE_FORKING };
   static const char* const addrs[] = { "udp://127.0.0.1:0",
                                        "unix:/tmp/uvs-never-made.sock",
                                        "unixgram:/tmp/uvs-never-made.sock" };

@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Blocking requests: the handler lifecycle (setup, handle, finish) and the
+ * request I/O a handler uses, socketserver's rfile and wfile.
+ *
+ * Both blocking modes read through the same input queue, so recv,
+ * read_exact and readline are written once; they differ only in how more
+ * input arrives and how output leaves:
+ * - threading: the socket stays in the loop (conn.c). Waiting for input is
+ *   a wait on the connection's condition variable, which the loop signals
+ *   as it appends; output is appended to the output queue and one mailbox
+ *   message asks the loop to send it. Workers make no socket calls, so the
+ *   loop can wake any blocked handler (a close, a reset) and writes from
+ *   other threads (fan-out) are safe. Backpressure is exact: the loop stops
+ *   reading above input_high and the worker asks again below half of it;
+ *   uvs_sendall waits while more than output_high bytes are unsent.
+ * - sync: the handler runs on the loop thread, so it reads and writes the
+ *   descriptor itself, waiting in poll(2); reads go through the input queue
+ *   too, so readline may read past a line without losing bytes.
+ *
+ * Every wait has a deadline from the request timeout; the end of a
+ * connection is sticky in io->error (UV_ECANCELED when the server or
+ * uvs_conn_close ended it: returned at once, even with input queued).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+
+/* The most a writer appends at once while waiting for room, so output
+ * stays within output_high plus this. */
+#define UVS__WRITE_PIECE ((size_t) 65536)
+
+#define NO_DEADLINE UINT64_MAX
+
+
+/* ---- Lifecycle ------------------------------------------------------ */
+
+int uvs__reqio_new(uvs_conn_t* conn) {
+  const uvs_server_t* server = conn->server;
+  uvs__io_t* io;
+
+  io = uvs__calloc(1, sizeof(*io));
+  if (io == NULL)
+    return UV_ENOMEM;
+  if (uv_mutex_init(&io->lock) != 0) {
+    uvs__free(io);
+    return UV_ENOMEM;
+  }
+  if (uv_cond_init(&io->cond) != 0) {
+    uv_mutex_destroy(&io->lock);
+    uvs__free(io);
+    return UV_ENOMEM;
+  }
+  uvs__buf_init(&io->in);
+  uvs__buf_init(&io->out);
+  io->threaded = server->config.mode == UVS_MODE_THREADING;
+  io->setup = server->handler.setup;
+  io->handle = server->handler.handle;
+  io->finish = server->handler.finish;
+  io->input_high = server->config.input_high_water;
+  io->output_high = server->config.output_high_water;
+  io->max_queue = server->config.max_write_queue;
+  io->wbufsize = server->config.wbufsize;
+  io->timeout_ms = server->config.request_timeout_ms;
+  conn->io = io;
+  return 0;
+}
+
+
+void uvs__reqio_free(uvs__io_t* io) {
+  uvs__buf_clear(&io->in);
+  uvs__buf_clear(&io->out);
+  uvs__free(io->wbuf);
+  uv_cond_destroy(&io->cond);
+  uv_mutex_destroy(&io->lock);
+  uvs__free(io);
+}
+
+
+/* Sends what uvs_write buffered without waiting for the socket, as
+ * Python's StreamRequestHandler.finish, ignoring errors. */
+static void final_flush(uvs_conn_t* conn);
+
+
+void uvs__reqio_run(uvs_conn_t* conn) {
+  uvs__io_t* io = conn->io;
+  uvs_server_t* server = conn->server;
+  bool stop = false;
+  bool orphaned;
+  int err = 0;
+  int r;
+
+  uvs__callback_depth++;
+  r = io->setup != NULL ? io->setup(conn) : 0;
+  if (r == UVS_ESTOP)
+    stop = true;
+  else if (r < 0)
+    err = r;
+  if (r == 0) {
+    /* finish runs even when handle fails (try/finally). */
+    r = io->handle != NULL ? io->handle(conn) : 0;
+    if (r == UVS_ESTOP)
+      stop = true;
+    else if (r < 0)
+      err = r;
+    r = io->finish != NULL ? io->finish(conn) : 0;
+    if (r == UVS_ESTOP)
+      stop = true;
+    else if (r < 0 && err == 0)
+      err = r;
+  }
+  final_flush(conn);
+  uvs__callback_depth--;
+
+  /* A server closed without waiting for us is no longer ours to call. */
+  uv_mutex_lock(&io->lock);
+  orphaned = io->orphaned;
+  uv_mutex_unlock(&io->lock);
+  if (orphaned)
+    return;
+  /* socketserver: an Exception reaches handle_error; SystemExit does not,
+   * and stops the server. */
+  if (err != 0)
+    uvs__server_error(server, conn, &conn->peer, err);
+  if (stop)
+    uvs__server_request_stop(server);
+}
+
+
+void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
+  uvs__io_t* io = conn->io;
+  uv_mutex_lock(&io->lock);
+  if (io->error == 0)
+    io->error = err;
+  uv_cond_signal(&io->cond);
+  uv_mutex_unlock(&io->lock);
+}
+
+
+/* ---- Waiting --------------------------------------------------------- */
+
+static uint64_t deadline_of(const uvs__io_t* io) {
+  if (io->timeout_ms < 0)
+    return NO_DEADLINE;
+  return uv_hrtime() + (uint64_t) io->timeout_ms * 1000000;
+}
+
+
+/* Threading: waits on the condition (lock held) until signalled or the
+ * deadline. Returns 0 or UV_ETIMEDOUT. */
+static int cond_wait(uvs__io_t* io, uint64_t deadline) {
+  uint64_t now;
+  if (deadline == NO_DEADLINE) {
+    uv_cond_wait(&io->cond, &io->lock);
+    return 0;
+  }
+  now = uv_hrtime();
+  if (now >= deadline)
+    return UV_ETIMEDOUT;
+  uv_cond_timedwait(&io->cond, &io->lock, deadline - now);
+  return 0;
+}
+
+
+/* Sync: waits until the descriptor is ready for `events` or the deadline.
+ * Returns 0 or UV_ETIMEDOUT (or a poll error). */
+static int fd_wait(int fd, short events, uint64_t deadline) {
+  for (;;) {
+    struct pollfd pfd;
+    int ms = -1;
+    int n;
+    if (deadline != NO_DEADLINE) {
+      uint64_t now = uv_hrtime();
+      if (now >= deadline)
+        return UV_ETIMEDOUT;
+      /* Round up, so a short remainder does not spin at 0 ms. */
+      ms = (int) ((deadline - now + 999999) / 1000000);
+    }
+    pfd.fd = fd;
+    pfd.events = events;
+    pfd.revents = 0;
+    n = poll(&pfd, 1, ms);
+    if (n > 0)
+      return 0;
+    if (n < 0 && errno != EINTR)
+      return UVS__ERR(errno);
+  }
+}
+
+
+/* Sync: one recv into the queue. Returns 0 (bytes or EOF arrived) or an
+ * error, which also becomes the connection's end. */
+static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
+  uvs__io_t* io = conn->io;
+  /* The loop is blocked in this handler: its read buffer is free. */
+  char* buf = conn->server->read_buf;
+  size_t size = conn->server->config.read_buffer_size;
+
+  for (;;) {
+    ssize_t n = recv(conn->fd, buf, size, 0);
+    int r;
+    if (n > 0)
+      return uvs__buf_append(&io->in, buf, (size_t) n);
+    if (n == 0) {
+      io->eof = true;
+      return 0;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      io->error = UVS__ERR(errno);
+      return io->error;
+    }
+    r = fd_wait(conn->fd, POLLIN, deadline);
+    if (r != 0)
+      return r;
+  }
+}
+
+
+/* Waits until input is queued (1), the peer's EOF is next (0), or an
+ * error. Threading: called with the lock held. */
+static int wait_input(uvs_conn_t* conn, uint64_t deadline) {
+  uvs__io_t* io = conn->io;
+  for (;;) {
+    int r;
+    if (io->error == UV_ECANCELED)
+      return UV_ECANCELED;
+    if (io->in.len > 0)
+      return 1;
+    if (io->eof)
+      return 0;
+    if (io->error != 0)
+      return io->error;
+    r = io->threaded ? cond_wait(io, deadline) : fd_fill(conn, deadline);
+    if (r != 0)
+      return r;
+  }
+}
+
+
+/* Threading, lock held: after the handler consumed input, ask the loop to
+ * read again once the queue is below half the high mark. */
+static void consumed(uvs_conn_t* conn) {
+  uvs__io_t* io = conn->io;
+  if (io->threaded && io->read_paused && !io->want_read &&
+      io->in.len <= io->input_high / 2 && !io->orphaned) {
+    io->want_read = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+  }
+}
+
+
+static void lock(uvs__io_t* io) {
+  if (io->threaded)
+    uv_mutex_lock(&io->lock);
+}
+
+
+static void unlock(uvs__io_t* io) {
+  if (io->threaded)
+    uv_mutex_unlock(&io->lock);
+}
+
+
+/* ---- Reading --------------------------------------------------------- */
+
+ssize_t uvs_recv(uvs_conn_t* conn, void* buf, size_t n) {
+  uvs__io_t* io;
+  ssize_t r;
+
+  if (conn == NULL || (buf == NULL && n > 0))
+    return UV_EINVAL;
+  io = conn->io;
+  if (io == NULL)
+    return UV_ENOTSUP;
+  if (n == 0)
+    return 0;
+  if (n > SSIZE_MAX)
+    n = SSIZE_MAX;
+  lock(io);
+  r = wait_input(conn, deadline_of(io));
+  if (r > 0) {
+    r = (ssize_t) uvs__buf_read(&io->in, buf, n);
+    consumed(conn);
+  }
+  unlock(io);
+  return r;
+}
+
+
+ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n) {
+  uvs__io_t* io;
+  uint64_t deadline;
+  size_t done = 0;
+  ssize_t r = 0;
+
+  if (conn == NULL || (buf == NULL && n > 0) || n > SSIZE_MAX)
+    return UV_EINVAL;
+  io = conn->io;
+  if (io == NULL)
+    return UV_ENOTSUP;
+  deadline = deadline_of(io);
+  lock(io);
+  while (done < n) {
+    r = wait_input(conn, deadline);
+    if (r <= 0)
+      break;
+    done += uvs__buf_read(&io->in, (char*) buf + done, n - done);
+    consumed(conn);
+  }
+  unlock(io);
+  if (r < 0)
+    return r;
+  return (ssize_t) done;
+}
+
+
+ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
+  uvs__io_t* io;
+  uint64_t deadline;
+  bool newline = false;
+  size_t done = 0;
+  ssize_t r = 0;
+
+  if (conn == NULL || buf == NULL || size < 2 || size - 1 > SSIZE_MAX)
+    return UV_EINVAL;
+  io = conn->io;
+  if (io == NULL)
+    return UV_ENOTSUP;
+  deadline = deadline_of(io);
+  lock(io);
+  /* Bytes move into the caller's buffer as they arrive, so a long line
+   * never grows the queue past its high mark. */
+  while (!newline && done < size - 1) {
+    r = wait_input(conn, deadline);
+    if (r <= 0)
+      break;
+    done += uvs__buf_read_line(&io->in, buf + done, size - 1 - done, &newline);
+    consumed(conn);
+  }
+  unlock(io);
+  buf[done] = '\0';
+  if (r < 0)
+    return r;
+  if (!newline && done == size - 1)
+    return UV_ENOBUFS;
+  return (ssize_t) done;
+}
+
+
+/* ---- Writing --------------------------------------------------------- */
+
+/* The error a write sees once the connection has ended. */
+static int write_error(const uvs__io_t* io) {
+  return io->error == UV_ECANCELED ? UV_ECANCELED : io->error;
+}
+
+
+/* Sync: sends everything on the descriptor. */
+static int fd_send(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  uint64_t deadline = deadline_of(io);
+
+  if (io->error != 0)
+    return write_error(io);
+  while (len > 0) {
+    ssize_t n = send(conn->fd, data, len, MSG_NOSIGNAL);
+    int r;
+    if (n >= 0) {
+      data += n;
+      len -= (size_t) n;
+      continue;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      io->error = UVS__ERR(errno);
+      return io->error;
+    }
+    r = fd_wait(conn->fd, POLLOUT, deadline);
+    if (r != 0)
+      return r;
+  }
+  return 0;
+}
+
+
+/* Threading, lock held: appends and asks the loop to send. */
+static int queue_out(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  int r = uvs__buf_append(&io->out, data, len);
+  if (r != 0)
+    return r;
+  if (!io->want_flush && !io->orphaned) {
+    io->want_flush = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+  }
+  return 0;
+}
+
+
+/* Sends all of `data`, waiting for room above the high mark. */
+static int send_all(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  uint64_t deadline;
+  int r = 0;
+
+  if (!io->threaded)
+    return fd_send(conn, data, len);
+  deadline = deadline_of(io);
+  uv_mutex_lock(&io->lock);
+  while (len > 0) {
+    size_t piece;
+    if (io->error != 0) {
+      r = write_error(io);
+      break;
+    }
+    if (io->out.len + io->inflight >= io->output_high) {
+      r = cond_wait(io, deadline);
+      if (r != 0)
+        break;
+      continue;
+    }
+    piece = len < UVS__WRITE_PIECE ? len : UVS__WRITE_PIECE;
+    r = queue_out(conn, data, piece);
+    if (r != 0)
+      break;
+    data += piece;
+    len -= piece;
+  }
+  uv_mutex_unlock(&io->lock);
+  return r;
+}
+
+
+/* Sends uvs_write's buffer. */
+static int send_wbuf(uvs_conn_t* conn) {
+  uvs__io_t* io = conn->io;
+  int r;
+  if (io->wlen == 0)
+    return 0;
+  r = send_all(conn, io->wbuf, io->wlen);
+  io->wlen = 0;
+  return r;
+}
+
+
+int uvs_sendall(uvs_conn_t* conn, const void* data, size_t len) {
+  int r;
+  if (conn == NULL || (data == NULL && len > 0))
+    return UV_EINVAL;
+  if (conn->io == NULL)
+    return UV_ENOTSUP;
+  r = send_wbuf(conn);
+  if (r != 0)
+    return r;
+  return send_all(conn, data, len);
+}
+
+
+int uvs_write(uvs_conn_t* conn, const void* data, size_t len) {
+  uvs__io_t* io;
+  int r;
+
+  if (conn == NULL || (data == NULL && len > 0))
+    return UV_EINVAL;
+  io = conn->io;
+  if (io == NULL)
+    return UV_ENOTSUP;
+  if (io->wbufsize == 0)
+    return uvs_sendall(conn, data, len);
+  if (io->wbuf == NULL) {
+    io->wbuf = uvs__malloc(io->wbufsize);
+    if (io->wbuf == NULL)
+      return UV_ENOMEM;
+  }
+  /* As Python's BufferedWriter: fill the buffer; a write that does not
+   * fit sends the buffer first, and one larger than it goes out
+   * directly. */
+  if (len > io->wbufsize - io->wlen) {
+    r = send_wbuf(conn);
+    if (r != 0)
+      return r;
+    if (len >= io->wbufsize)
+      return send_all(conn, data, len);
+  }
+  memcpy(io->wbuf + io->wlen, data, len);
+  io->wlen += len;
+  return 0;
+}
+
+
+int uvs_flush(uvs_conn_t* conn) {
+  uvs__io_t* io;
+  uint64_t deadline;
+  int r;
+
+  if (conn == NULL)
+    return UV_EINVAL;
+  io = conn->io;
+  if (io == NULL)
+    return UV_ENOTSUP;
+  r = send_wbuf(conn);
+  if (r != 0 || !io->threaded)
+    return r;
+  /* Sync sends are done on return; threading waits for the loop. */
+  deadline = deadline_of(io);
+  uv_mutex_lock(&io->lock);
+  while (r == 0 && io->out.len + io->inflight > 0) {
+    if (io->error != 0)
+      r = write_error(io);
+    else
+      r = cond_wait(io, deadline);
+  }
+  uv_mutex_unlock(&io->lock);
+  return r;
+}
+
+
+static void final_flush(uvs_conn_t* conn) {
+  if (conn->io->wlen > 0)
+    send_wbuf(conn);
+}
+
+
+int uvs_conn_set_timeout(uvs_conn_t* conn, int64_t timeout_ms) {
+  if (conn == NULL || conn->io == NULL || timeout_ms < -1)
+    return UV_EINVAL;
+  conn->io->timeout_ms = timeout_ms;
+  return 0;
+}
+
+
+/* ---- From any thread ------------------------------------------------- */
+
+/* Bytes written and not yet taken by the socket. */
+static size_t pending(const uvs__io_t* io) {
+  return io->out.len + io->inflight;
+}
+
+
+int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  int r;
+
+  if (!io->threaded)
+    return fd_send(conn, data, len);
+  uv_mutex_lock(&io->lock);
+  if (io->error != 0) {
+    r = io->error == UV_ECANCELED ? UV_EPIPE : io->error;
+  } else if (io->max_queue > 0 && (pending(io) > io->max_queue ||
+                                   len > io->max_queue - pending(io))) {
+    /* The peer is not reading: cut it off rather than hold memory. */
+    io->error = UV_ENOBUFS;
+    io->want_abort = true;
+    uv_cond_signal(&io->cond);
+    if (!io->orphaned)
+      uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+    r = UV_ENOBUFS;
+  } else {
+    r = len > 0 ? queue_out(conn, data, len) : 0;
+  }
+  uv_mutex_unlock(&io->lock);
+  return r;
+}
+
+
+int uvs__reqio_close_any(uvs_conn_t* conn, bool abort) {
+  uvs__io_t* io = conn->io;
+
+  uv_mutex_lock(&io->lock);
+  if (io->error == 0)
+    io->error = UV_ECANCELED;
+  if (abort)
+    io->want_abort = true;
+  else
+    io->want_close = true;
+  uv_cond_signal(&io->cond);
+  if (io->threaded && !io->orphaned)
+    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+  uv_mutex_unlock(&io->lock);
+  return 0;
+}
