@@ -117,8 +117,6 @@ int uvs__conn_accept(uvs_server_t* server,
   conn->id = ++server->next_conn_id;
   if (server->handler.state_size > 0)
     conn->state = (char*) conn + state_offset();
-  conn->msg.run = on_conn_msg;
-  uvs__list_init(&conn->job);
   if (mode != UVS_MODE_EVENT) {
     r = uvs__reqio_new(conn);
     if (r != 0) {
@@ -126,6 +124,7 @@ int uvs__conn_accept(uvs_server_t* server,
       uvs__free(conn);
       return r;
     }
+    conn->io->msg.run = on_conn_msg;
   }
   uv_mutex_lock(&server->conns_lock);
   uvs__list_push(&server->conns, &conn->node);
@@ -158,7 +157,7 @@ int uvs__conn_accept(uvs_server_t* server,
   if (mode == UVS_MODE_THREADING) {
     conn->worker_ref = true;
     uvs__mailbox_hold(server->mailbox);
-    r = uvs__pool_submit(server->pool, &conn->job);
+    r = uvs__pool_submit(server->pool, &conn->io->job);
     if (r != 0) {
       conn->worker_ref = false;
       uvs__mailbox_unhold(server->mailbox);
@@ -247,7 +246,7 @@ static void finish(uvs_conn_t* conn) {
     conn->worker_ref = false;
     uvs__mailbox_unhold(server->mailbox);
     if (orphan) {
-      uvs__mailbox_cancel(server->mailbox, &conn->msg);
+      uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
       unlink_conn(conn);
       uvs__server_conn_done(server, conn->id);
       return;
@@ -269,7 +268,7 @@ static void free_conn(uvs_conn_t* conn) {
     uvs__callback_depth--;
   }
   if (conn->io != NULL) {
-    uvs__mailbox_cancel(server->mailbox, &conn->msg);
+    uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
     uvs__reqio_free(conn->io);
   }
   uvs__free(conn);
@@ -769,8 +768,8 @@ static void send_chunks(uvs_conn_t* conn, uvs__chunk_t* chunk) {
  * request. Runs on the loop thread; everything it needs was set under the
  * I/O lock. */
 static void on_conn_msg(uvs__msg_t* msg) {
-  uvs_conn_t* conn = container_of(msg, uvs_conn_t, msg);
-  uvs__io_t* io = conn->io;
+  uvs__io_t* io = container_of(msg, uvs__io_t, msg);
+  uvs_conn_t* conn = io->conn;
   uvs__chunk_t* chunks = NULL;
   size_t len = 0;
   bool resume;
@@ -815,8 +814,8 @@ static void on_conn_msg(uvs__msg_t* msg) {
 
 
 void uvs__conn_run_job(uvs__list_t* job) {
-  uvs_conn_t* conn = container_of(job, uvs_conn_t, job);
-  uvs__io_t* io = conn->io;
+  uvs__io_t* io = container_of(job, uvs__io_t, job);
+  uvs_conn_t* conn = io->conn;
   bool orphaned;
 
   uvs__reqio_run(conn);
@@ -824,7 +823,7 @@ void uvs__conn_run_job(uvs__list_t* job) {
   orphaned = io->orphaned;
   if (!orphaned) {
     io->done = true;
-    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   }
   uv_mutex_unlock(&io->lock);
   /* The server closed without waiting and gave the connection to us. */
@@ -836,7 +835,7 @@ void uvs__conn_run_job(uvs__list_t* job) {
 
 
 void uvs__conn_cancel_job(uvs__list_t* job) {
-  uvs_conn_t* conn = container_of(job, uvs_conn_t, job);
+  uvs_conn_t* conn = container_of(job, uvs__io_t, job)->conn;
   conn->worker_ref = false;
   uvs__mailbox_unhold(conn->server->mailbox);
   if (conn->loop_done)

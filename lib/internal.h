@@ -338,6 +338,9 @@ typedef struct uvs__write_s {
  * the loop and the worker share it under `lock`; in sync mode only the
  * loop thread uses it. */
 typedef struct uvs__io_s {
+  struct uvs_conn_s* conn;
+  uvs__list_t job; /* threading: the pool's queue */
+  uvs__msg_t msg;  /* threading: wake-ups for the loop */
   uv_mutex_t lock;
   uv_cond_t cond;  /* the worker waits for input, output room or an end */
   uvs__buf_t in;   /* received, not yet read by the handler */
@@ -371,13 +374,7 @@ struct uvs_conn_s {
   uv_tcp_t tcp; /* first: the handle's close callback finds the conn */
   uvs_server_t* server;
   uvs__list_t node;
-  uvs__io_t* io;   /* blocking modes */
-  uvs__list_t job; /* threading: the pool's queue */
-  uvs__msg_t msg;  /* threading: wake-ups from the worker */
-  bool worker_ref; /* threading: a job holds the conn (loop's view) */
-  bool loop_done;  /* every handle is closed */
-  bool tcp_opened; /* the handle owns the fd (sync: after the handler) */
-  uv_os_sock_t fd;
+  uvs__io_t* io; /* blocking modes */
   uvs_address_t peer;
   uint64_t id;
   size_t write_queued; /* bytes in queued uv_write requests */
@@ -386,6 +383,10 @@ struct uvs_conn_s {
   void* state;
   int status; /* reason for on_close */
   int pending_closes;
+  uv_os_sock_t fd;
+  bool worker_ref;     /* threading: a job holds the conn (loop's view) */
+  bool loop_done;      /* every handle is closed */
+  bool tcp_opened;     /* the handle owns the fd (sync: after the handler) */
   bool opened;         /* on_open ran */
   bool eof;            /* the peer's FIN arrived */
   bool read_paused;    /* by uvs_conn_read_stop */

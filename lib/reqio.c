@@ -55,6 +55,8 @@ int uvs__reqio_new(uvs_conn_t* conn) {
     uvs__free(io);
     return UV_ENOMEM;
   }
+  io->conn = conn;
+  uvs__list_init(&io->job);
   uvs__buf_init(&io->in);
   uvs__buf_init(&io->out);
   io->threaded = server->config.mode == UVS_MODE_THREADING;
@@ -250,7 +252,7 @@ static void consumed(uvs_conn_t* conn) {
   if (io->threaded && io->read_paused && !io->want_read &&
       io->in.len <= io->input_high / 2 && !io->orphaned) {
     io->want_read = true;
-    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   }
 }
 
@@ -398,7 +400,7 @@ static int queue_out(uvs_conn_t* conn, const char* data, size_t len) {
     return r;
   if (!io->want_flush && !io->orphaned) {
     io->want_flush = true;
-    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   }
   return 0;
 }
@@ -560,7 +562,7 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
     io->want_abort = true;
     uv_cond_signal(&io->cond);
     if (!io->orphaned)
-      uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+      uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
     r = UV_ENOBUFS;
   } else {
     r = len > 0 ? queue_out(conn, data, len) : 0;
@@ -582,7 +584,7 @@ int uvs__reqio_close_any(uvs_conn_t* conn, bool abort) {
     io->want_close = true;
   uv_cond_signal(&io->cond);
   if (io->threaded && !io->orphaned)
-    uvs__mailbox_post(conn->server->mailbox, &conn->msg);
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   uv_mutex_unlock(&io->lock);
   return 0;
 }
