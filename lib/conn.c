@@ -660,9 +660,13 @@ static void close_graceful(uvs_conn_t* conn) {
     return;
   conn->closing = true;
   notify_shutdown_request(conn);
-  /* Keep reading (and discarding) so the peer's FIN is seen. */
-  if (!conn->eof && conn->read_paused)
+  /* Keep reading (and discarding) so the peer's FIN is seen, also when
+   * reading was paused for backpressure (by the handler in event mode, by
+   * the input high mark in threading mode; only the loop writes either). */
+  if (!conn->eof &&
+      (conn->read_paused || (conn->io != NULL && conn->io->read_paused))) {
     uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+  }
   /* uv_shutdown runs after every queued write has completed. */
   r = uv_shutdown(&conn->shutdown_req, (uv_stream_t*) &conn->tcp, on_shutdown);
   if (r != 0) {
