@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * CPython's Lib/test/test_socketserver.py, ported to what uvs serves today:
- * event mode over TCP (socketserver-reference.md section 3). Each case names
- * the Python test it ports and its bpo. The handler is the test suite's
- * MyHandler, a StreamRequestHandler that echoes one line: on_data gathers
- * bytes in the per-connection state until a '\n', writes the line back and
- * closes gracefully.
+ * TCP in event, sync and threading mode (socketserver-reference.md section
+ * 3). Each case names the Python test it ports and its bpo. The handler is
+ * the test suite's MyHandler, a StreamRequestHandler that echoes one line:
+ * in the blocking modes literally (uvs_readline, uvs_write); in event mode
+ * on_data gathers bytes in the per-connection state until a '\n', writes
+ * the line back and closes gracefully.
  *
  * Threads: serve_forever runs on a pthread (Python's daemon thread) while
  * the test thread plays the client, or on the test thread itself when a
@@ -220,6 +221,32 @@ static void run_until(uvs_server_t* server, const int* flag, int timeout_ms) {
 }
 
 
+/* MyHandler for the blocking modes: line = rfile.readline();
+ * wfile.write(line). */
+static int blocking_echo_handle(uvs_conn_t* conn) {
+  char line[LINE_MAX_LEN];
+  ssize_t n = uvs_readline(conn, line, sizeof(line));
+  if (n < 0)
+    return (int) n;
+  return uvs_write(conn, line, (size_t) n);
+}
+
+
+static uvs_server_t* make_blocking_server(uvs_mode_t mode) {
+  uvs_handler_t handler;
+  uvs_config_t config;
+  uvs_server_t* server = NULL;
+
+  memset(&handler, 0, sizeof(handler));
+  handler.handle = blocking_echo_handle;
+  uvs_config_init(&config);
+  config.mode = mode;
+  ASSERT_OK(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config));
+  return server;
+}
+
+
 /* ---- SocketServerTest ------------------------------------------------ */
 
 /* test_TCPServer, through run_server: serve_forever(poll_interval=0.01) on
@@ -239,6 +266,37 @@ static void tcp_server(void) {
   ASSERT_OK(serve_join(&t));
   ASSERT_OK(uvs_server_close(server, NULL));
   ASSERT_ERR(try_connect(port), -ECONNREFUSED);
+}
+
+
+/* run_server with a blocking StreamRequestHandler: test_TCPServer proper
+ * (sync mode, socketserver's plain TCPServer) and test_ThreadingTCPServer
+ * (threading mode; the harness checks nothing is left behind, Python's
+ * reap_threads: close joins every worker). */
+static void run_blocking_server(uvs_mode_t mode) {
+  serve_thread_t t;
+  uvs_server_t* server = make_blocking_server(mode);
+  int port = test_server_port(server);
+  int fd;
+  int i;
+
+  serve_start(&t, server, 10);
+  for (i = 0; i < 3; i++)
+    stream_examine(port);
+  ASSERT_OK(uvs_server_shutdown(server));
+  ASSERT_OK(serve_join(&t));
+  fd = uvs_server_fileno(server);
+  ASSERT_GE(fd, 0);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  ASSERT_ERR(try_connect(port), -ECONNREFUSED);
+}
+
+static void tcp_server_sync(void) {
+  run_blocking_server(UVS_MODE_SYNC);
+}
+
+static void threading_tcp_server(void) {
+  run_blocking_server(UVS_MODE_THREADING);
 }
 
 
@@ -500,6 +558,111 @@ static void error_reaches_handle_error(void) {
   ASSERT_OK(uvs_server_stop(server));
   ASSERT_OK(uvs_server_close(server, NULL));
   ASSERT_EQ(ctx.errors, 1);
+}
+
+
+/* ErrorHandlerTest proper (cases 17 to 20): BadHandler.handle logs
+ * "Handler called" and fails; handle_error logs "Error handled". The
+ * server takes one request with handle_request from a client that
+ * connects and closes at once, then closes. A plain error is "handled"
+ * (two lines); UVS_ESTOP is socketserver's SystemExit: not handled (one
+ * line) and it stops the server, so handle_request returns it, in sync mode
+ * as in Python and in threading mode too (Python's threads ignore it).
+ * shutdown_request runs either way (the threading tests' done event). */
+typedef struct {
+  char log[128];
+  int result; /* what BadHandler.handle returns */
+  atomic_int finished;
+  atomic_int shutdown_requests;
+  uv_mutex_t lock;
+} error_log_t;
+
+static void log_line(error_log_t* log, const char* line) {
+  uv_mutex_lock(&log->lock);
+  snprintf(log->log + strlen(log->log),
+           sizeof(log->log) - strlen(log->log),
+           "%s",
+           line);
+  uv_mutex_unlock(&log->lock);
+}
+
+static int bad_handle(uvs_conn_t* conn) {
+  error_log_t* log = uvs_server_get_data(uvs_conn_server(conn));
+  log_line(log, "Handler called\n");
+  return log->result;
+}
+
+static int bad_finish(uvs_conn_t* conn) {
+  error_log_t* log = uvs_server_get_data(uvs_conn_server(conn));
+  atomic_fetch_add(&log->finished, 1);
+  return 0;
+}
+
+static void log_error(uvs_server_t* server,
+                      uvs_conn_t* conn,
+                      const uvs_address_t* peer,
+                      int status) {
+  error_log_t* log = uvs_server_get_data(server);
+  ASSERT_NOT_NULL(conn);
+  ASSERT_EQ(peer->transport, UVS_TRANSPORT_TCP);
+  ASSERT_EQ(status, UV_EINVAL);
+  log_line(log, "Error handled\n");
+}
+
+static void log_shutdown_request(uvs_server_t* server,
+                                 uv_os_sock_t fd,
+                                 const uvs_address_t* peer) {
+  error_log_t* log = uvs_server_get_data(server);
+  atomic_fetch_add(&log->shutdown_requests, 1);
+}
+
+static void error_test(uvs_mode_t mode, int result) {
+  error_log_t log;
+  uvs_handler_t handler;
+  uvs_config_t config;
+  uvs_server_t* server = NULL;
+  int fd;
+
+  memset(&log, 0, sizeof(log));
+  ASSERT_OK(uv_mutex_init(&log.lock));
+  log.result = result;
+  memset(&handler, 0, sizeof(handler));
+  handler.handle = bad_handle;
+  handler.finish = bad_finish;
+  uvs_config_init(&config);
+  config.mode = mode;
+  config.hooks.handle_error = log_error;
+  config.hooks.shutdown_request = log_shutdown_request;
+  ASSERT_OK(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config));
+  uvs_server_set_data(server, &log);
+  fd = test_connect("127.0.0.1", test_server_port(server));
+  close(fd);
+  ASSERT_ERR(uvs_server_handle_request(server),
+             result == UVS_ESTOP ? result : 0);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  ASSERT_STR_EQ(log.log,
+                result == UVS_ESTOP ? "Handler called\n"
+                                    : "Handler called\nError handled\n");
+  ASSERT_EQ(atomic_load(&log.finished), 1);
+  ASSERT_EQ(atomic_load(&log.shutdown_requests), 1);
+  uv_mutex_destroy(&log.lock);
+}
+
+static void sync_handled(void) {
+  error_test(UVS_MODE_SYNC, UV_EINVAL);
+}
+
+static void sync_not_handled(void) {
+  error_test(UVS_MODE_SYNC, UVS_ESTOP);
+}
+
+static void threading_handled(void) {
+  error_test(UVS_MODE_THREADING, UV_EINVAL);
+}
+
+static void threading_not_handled(void) {
+  error_test(UVS_MODE_THREADING, UVS_ESTOP);
 }
 
 
@@ -787,6 +950,8 @@ static void shutdown_before_serve(void) {
 
 static const test_case_t cases[] = {
   { "tcp_server", tcp_server },
+  { "tcp_server_sync", tcp_server_sync },
+  { "threading_tcp_server", threading_tcp_server },
   { "shutdown_20_servers", shutdown_20_servers },
   { "close_immediately", close_immediately },
   { "bind_leak", bind_leak },
@@ -794,6 +959,10 @@ static const test_case_t cases[] = {
   { "shutdown_request_once_when_rejected",
     shutdown_request_once_when_rejected },
   { "error_reaches_handle_error", error_reaches_handle_error },
+  { "sync_handled", sync_handled },
+  { "sync_not_handled", sync_not_handled },
+  { "threading_handled", threading_handled },
+  { "threading_not_handled", threading_not_handled },
   { "handle_request_timeout", handle_request_timeout },
   { "handle_request_timeout_zero", handle_request_timeout_zero },
   { "handle_request_serves_one", handle_request_serves_one },
