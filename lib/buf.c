@@ -82,7 +82,7 @@ int uvs__buf_append(uvs__buf_t* buf, const void* data, size_t len) {
 /* Drops `n` bytes from the head; they must be there. */
 static void consume(uvs__buf_t* buf, size_t n) {
   buf->len -= n;
-  while (n > 0) {
+  while (n > 0 && buf->head != NULL) {
     uvs__chunk_t* head = buf->head;
     size_t have = head->end - head->start;
     if (n < have) {

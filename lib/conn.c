@@ -779,6 +779,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   bool resume;
   bool close;
   bool abort;
+  bool over;
   bool done;
 
   uv_mutex_lock(&io->lock);
@@ -793,6 +794,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   io->want_read = false;
   close = io->want_close;
   abort = io->want_abort;
+  over = io->over_cap;
   io->want_close = false;
   io->want_abort = false;
   done = io->done;
@@ -802,7 +804,9 @@ static void on_conn_msg(uvs__msg_t* msg) {
     send_chunks(conn, chunks);
   if (resume && !conn->closing)
     uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
-  if (abort)
+  if (abort && over)
+    over_cap(conn);
+  else if (abort)
     abort_now(conn);
   else if (close)
     close_graceful(conn);

@@ -353,6 +353,7 @@ typedef struct uvs__io_s {
   bool want_flush; /* `out` has bytes for the loop */
   bool want_close; /* uvs_conn_close from a thread */
   bool want_abort; /* uvs_conn_abort, or over max_write_queue */
+  bool over_cap;   /* the abort is for max_write_queue (UV_ENOBUFS) */
   bool done;       /* the handler has finished */
   bool orphaned;   /* the server closed without waiting: the worker frees */
   bool threaded;   /* threading mode (else sync: fd-direct, no lock) */

@@ -476,6 +476,8 @@ int uvs_write(uvs_conn_t* conn, const void* data, size_t len) {
     return UV_ENOTSUP;
   if (io->wbufsize == 0)
     return uvs_sendall(conn, data, len);
+  if (len == 0)
+    return 0;
   if (io->wbuf == NULL) {
     io->wbuf = uvs__malloc(io->wbufsize);
     if (io->wbuf == NULL)
@@ -557,9 +559,12 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
     r = io->error == UV_ECANCELED ? UV_EPIPE : io->error;
   } else if (io->max_queue > 0 && (pending(io) > io->max_queue ||
                                    len > io->max_queue - pending(io))) {
-    /* The peer is not reading: cut it off rather than hold memory. */
-    io->error = UV_ENOBUFS;
+    /* The peer is not reading: cut it off rather than hold memory. Its
+     * handler's request I/O sees the server's close (UV_ECANCELED), not
+     * this writer's UV_ENOBUFS, which would read as a line too long. */
+    io->error = UV_ECANCELED;
     io->want_abort = true;
+    io->over_cap = true;
     uv_cond_signal(&io->cond);
     if (!io->orphaned)
       uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);

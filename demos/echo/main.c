@@ -1,31 +1,91 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * uvs-echo: the echo server of DESIGN.md section 4, served in event mode.
- * Every byte a client sends comes back in order; on the client's EOF the
- * default on_eof sends what is pending and closes. A client that sends but
- * never reads cannot grow memory: above ECHO_HIGH_WATER queued bytes the
- * connection stops reading, and on_drain resumes it once the queue is empty.
+ * uvs-echo: the echo server of DESIGN.md section 4, in three modes.
+ * Every byte a client sends comes back in order; on the client's EOF what is
+ * pending is sent and the connection is closed.
+ *
+ * - event (the default): on_data writes the bytes back on the loop thread.
+ *   A client that sends but never reads cannot grow memory: above
+ *   ECHO_HIGH_WATER queued bytes the connection stops reading, and on_drain
+ *   resumes it once the queue is empty.
+ * - thread: a blocking handler (uvs_recv, then uvs_sendall) on a worker
+ *   thread per client; --threads N caps the workers (more clients wait in
+ *   arrival order), without it the pool grows with the clients
+ *   (config.max_threads 0). uvs paces reading and writing by itself, so
+ *   the handler needs no backpressure code.
+ * - sync: the same blocking handler on the loop thread, one client at a
+ *   time; the next waits in the listen backlog (socketserver's TCPServer).
  *
  * Stopping follows DESIGN.md's three verbs. The first SIGINT/SIGTERM stops
  * accepting (uvs_server_stop); open connections are still served until they
  * have all closed or --drain seconds have passed; then uvs_server_shutdown
- * ends serve_forever and uvs_server_close closes what is left. A second
- * signal exits at once with status 1.
+ * ends serve_forever and uvs_server_close closes what is left (a thread-mode
+ * handler blocked in request I/O gets UV_ECANCELED at once). A second
+ * signal exits at once with status 1. In event and thread mode the loop
+ * always runs, so uv_signal_t delivers the signals. The end of a drain is
+ * seen by on_close in event mode; the blocking modes have no on_close, so
+ * a timer looks at uvs_server_connection_count every WATCH_MS instead.
+ *
+ * Sync mode cannot use uv_signal_t: while a client is served the loop thread
+ * is inside handle() and no loop callback runs. So sync mode installs plain
+ * sigaction handlers, which only do async-signal-safe things: record the
+ * first signal and its CLOCK_MONOTONIC time in lock-free atomics, wake the
+ * loop with uv_async_send (documented as async-signal-safe) for the case
+ * that no client is being served, and _exit(1) on a second signal. The
+ * handler waits in uvs_recv with a short request timeout, and before each
+ * send it waits for the socket to be writable in short steps, so it looks
+ * at the signal flag at least every SYNC_POLL_MS: after a signal it stops
+ * accepting itself (it runs on the loop thread), goes on echoing until the
+ * client closes or the drain deadline passes, and then returns. A handler
+ * that starts after the signal resets its client at once, so a client taken
+ * from the backlog after the signal is closed, never served. The
+ * sends go out in slices of SYNC_SEND_SLICE bytes after poll() has reported
+ * the socket writable, because a blocked uvs_sendall could not look at the
+ * flag, and one that timed out would leave it unknown how much was sent.
  *
  * The command line is a contract (scripts and test/demos/test_echo.py drive
  * it): a bad flag, value or address prints one line to stderr and exits 2.
  */
 #include <uvs.h>
 
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Queued output above which a connection stops reading (1 MiB). */
 #define ECHO_HIGH_WATER ((size_t) 1024 * 1024)
+
+/* Bytes a blocking handler reads at a time. Small enough that 200 worker
+ * threads touch little stack; uvs buffers the input anyway. */
+#define ECHO_CHUNK 16384
+
+/* Thread and sync mode: how often the end of a drain is checked, in
+ * milliseconds, since no on_close reports each connection's end. */
+#define WATCH_MS 50
+
+/* Sync mode: the longest the handler waits in one uvs_recv or poll()
+ * before it looks at the signal flag again, in milliseconds. */
+#define SYNC_POLL_MS 100
+
+/* Sync mode: bytes sent per uvs_sendall once poll() has reported the socket
+ * writable. Linux reports POLLOUT only while at least a third of the send
+ * buffer is free, and its smallest default buffer (16 KiB) leaves room
+ * for this, so the call does not block even for a peer that stops
+ * reading. */
+#define SYNC_SEND_SLICE 4096
+
+/* Sync mode: the request timeout for a slice's uvs_sendall. It should
+ * never be reached (see SYNC_SEND_SLICE); it only keeps a blocked send from
+ * outliving a drain. */
+#define SYNC_SEND_TIMEOUT_MS 1000
 
 #if defined(__GNUC__) || defined(__clang__)
 # define ECHO_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -33,8 +93,15 @@
 # define ECHO_PRINTF(f, a)
 #endif
 
+/* The sync-mode signal handler may touch only lock-free atomics. */
+#if ATOMIC_INT_LOCK_FREE != 2 || ATOMIC_LLONG_LOCK_FREE != 2
+# error "uvs-echo needs lock-free atomic int and long long"
+#endif
+
 typedef struct echo_options_s {
   const char* listen;
+  uvs_mode_t mode;
+  unsigned threads; /* 0: --threads not given */
   uint64_t drain_ms;
   int quiet;
 } echo_options_t;
@@ -42,19 +109,33 @@ typedef struct echo_options_s {
 /* The program's state, hung on the server (uvs_server_set_data). */
 typedef struct echo_app_s {
   uvs_server_t* server;
-  uv_signal_t sigint;
-  uv_signal_t sigterm;
+  uvs_mode_t mode;
+  uv_signal_t sigint;  /* event and thread mode */
+  uv_signal_t sigterm; /* event and thread mode */
+  uv_async_t wake;     /* sync mode: a signal arrived */
   uv_timer_t drain_timer;
+  uv_timer_t watch_timer; /* thread and sync mode: polls the drain's end */
   uint64_t drain_ms;
+  uint64_t deadline_ms; /* CLOCK_MONOTONIC ms at which the drain ends */
   int quiet;
   int stopping; /* the first signal has arrived */
   int done;     /* uvs_server_shutdown has been asked */
 } echo_app_t;
 
-/* Per-connection state (handler.state_size). */
+/* Per-connection state (handler.state_size), event mode. */
 typedef struct echo_state_s {
   int paused; /* reading stopped for backpressure */
 } echo_state_t;
+
+/* What the sync-mode signal handler shares with the loop thread. A signal
+ * may run on any thread, so these are lock-free atomics (checked above),
+ * which C11 allows a signal handler to use. */
+static atomic_int sync_signals;          /* first signals seen: 0 or 1 */
+static atomic_ullong sync_signal_ms;     /* its CLOCK_MONOTONIC time */
+static atomic_int sync_wake_live;        /* app.wake may be sent to */
+static uv_async_t* sync_wake;            /* set before the handlers */
+static char sync_second_msg[2][64];      /* for SIGINT, SIGTERM */
+static volatile sig_atomic_t sync_quiet; /* --quiet */
 
 static const char usage_text[] =
     "usage: uvs-echo [--listen ADDR] [--mode event|sync|thread|fork]\n"
@@ -67,10 +148,16 @@ static const char usage_text[] =
     "                      (port 0: any free port). This release serves\n"
     "                      tcp://HOST:PORT; udp://, unix: and unixgram:\n"
     "                      addresses are not supported yet.\n"
-    "  --mode MODE         how clients are served: event (the default);\n"
-    "                      sync, thread and fork are not supported yet.\n"
-    "  --threads N         cap on worker threads in thread mode\n"
-    "                      (not supported yet).\n"
+    "  --mode MODE         how clients are served:\n"
+    "                        event   all on one thread, event-driven\n"
+    "                                (the default);\n"
+    "                        thread  a worker thread per client;\n"
+    "                        sync    one client at a time, the next waits;\n"
+    "                        fork    not supported yet.\n"
+    "  --threads N         thread mode only: at most N worker threads\n"
+    "                      (N >= 1); more clients wait for a free one in\n"
+    "                      arrival order. Default: no cap, as many\n"
+    "                      threads as clients.\n"
     "  --max-conns N       connections served at once at most; more are\n"
     "                      closed at once (not supported yet).\n"
     "  --idle-timeout SEC  close a connection idle for SEC seconds\n"
@@ -126,6 +213,32 @@ static int parse_seconds(const char* text, uint64_t* ms) {
 }
 
 
+/* Parses a decimal count from 1 to UINT_MAX. Returns 0, or -1 for anything
+ * else (strtoul alone would take a sign, spaces and "0x"). */
+static int parse_count(const char* text, unsigned* count) {
+  unsigned long long n = 0;
+  const char* p;
+
+  if (*text == '\0') {
+    return -1;
+  }
+  for (p = text; *p != '\0'; p++) {
+    if (*p < '0' || *p > '9') {
+      return -1;
+    }
+    n = n * 10 + (unsigned) (*p - '0');
+    if (n > UINT_MAX) {
+      return -1;
+    }
+  }
+  if (n == 0) {
+    return -1;
+  }
+  *count = (unsigned) n;
+  return 0;
+}
+
+
 /* Is `arg`, up to `len` bytes, the flag `name`? */
 static int flag_is(const char* arg, size_t len, const char* name) {
   return strlen(name) == len && strncmp(arg, name, len) == 0;
@@ -133,13 +246,13 @@ static int flag_is(const char* arg, size_t len, const char* name) {
 
 
 static void parse_args(int argc, char** argv, echo_options_t* opts) {
-  static const char* const later[] = { "--threads",
-                                       "--max-conns",
-                                       "--idle-timeout" };
+  static const char* const later[] = { "--max-conns", "--idle-timeout" };
   int i;
   size_t k;
 
   opts->listen = "tcp://127.0.0.1:9999";
+  opts->mode = UVS_MODE_EVENT;
+  opts->threads = 0;
   opts->drain_ms = 5000;
   opts->quiet = 0;
 
@@ -186,12 +299,20 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
       if (parse_seconds(value, &opts->drain_ms) != 0) {
         usage_error("bad --drain '%s': want seconds >= 0", value);
       }
-    } else if (flag_is(arg, len, "--mode")) {
-      if (strcmp(value, "sync") == 0 || strcmp(value, "thread") == 0 ||
-          strcmp(value, "fork") == 0) {
-        usage_error("--mode %s is not supported yet", value);
+    } else if (flag_is(arg, len, "--threads")) {
+      if (parse_count(value, &opts->threads) != 0) {
+        usage_error("bad --threads '%s': want a whole number >= 1", value);
       }
-      if (strcmp(value, "event") != 0) {
+    } else if (flag_is(arg, len, "--mode")) {
+      if (strcmp(value, "event") == 0) {
+        opts->mode = UVS_MODE_EVENT;
+      } else if (strcmp(value, "thread") == 0) {
+        opts->mode = UVS_MODE_THREADING;
+      } else if (strcmp(value, "sync") == 0) {
+        opts->mode = UVS_MODE_SYNC;
+      } else if (strcmp(value, "fork") == 0) {
+        usage_error("--mode fork is not supported yet");
+      } else {
         usage_error("bad --mode '%s': want event, sync, thread or fork", value);
       }
     } else {
@@ -201,6 +322,13 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
         }
       }
     }
+  }
+
+  /* Checked after the loop so that the flags may come in any order. A cap
+   * that would silently do nothing in another mode is more likely a
+   * mistake than a wish, so it is refused rather than ignored. */
+  if (opts->threads != 0 && opts->mode != UVS_MODE_THREADING) {
+    usage_error("--threads needs --mode thread");
   }
 }
 
@@ -251,6 +379,82 @@ static int is_usage_error(int err) {
 }
 
 
+/* ---- Stopping (loop thread) ------------------------------------------ */
+
+/* CLOCK_MONOTONIC in milliseconds; async-signal-safe (clock_gettime is). */
+static uint64_t now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+
+/* Asks serve_forever to return; runs once. */
+static void finish(echo_app_t* app) {
+  if (app->done) {
+    return;
+  }
+  app->done = 1;
+  uv_timer_stop(&app->drain_timer);
+  uv_timer_stop(&app->watch_timer);
+  uvs_server_shutdown(app->server);
+}
+
+
+static void on_drain_timeout(uv_timer_t* timer) {
+  finish(timer->data);
+}
+
+
+/* Thread and sync mode: the drain ends when the last connection is gone. */
+static void on_watch(uv_timer_t* timer) {
+  echo_app_t* app = timer->data;
+
+  if (uvs_server_connection_count(app->server) == 0) {
+    finish(app);
+  }
+}
+
+
+/* The first signal, which arrived at `signal_ms`: stop accepting, then
+ * drain until the connections are gone or the deadline passes. Runs once;
+ * in sync mode it may run inside the handler (the loop thread). */
+static void begin_stop(echo_app_t* app, uint64_t signal_ms) {
+  uint64_t now = now_ms();
+
+  if (app->stopping) {
+    return;
+  }
+  app->stopping = 1;
+  app->deadline_ms = signal_ms + app->drain_ms;
+  uvs_server_stop(app->server);
+  if (uvs_server_connection_count(app->server) == 0) {
+    finish(app);
+    return;
+  }
+  uv_timer_start(&app->drain_timer,
+                 on_drain_timeout,
+                 app->deadline_ms > now ? app->deadline_ms - now : 0,
+                 0);
+  if (app->mode != UVS_MODE_EVENT) {
+    uv_timer_start(&app->watch_timer, on_watch, WATCH_MS, WATCH_MS);
+  }
+}
+
+
+/* The handle_error hook for --quiet: log nothing. */
+static void on_error_quiet(uvs_server_t* server,
+                           uvs_conn_t* conn,
+                           const uvs_address_t* peer,
+                           int status) {
+  (void) server;
+  (void) conn;
+  (void) peer;
+  (void) status;
+}
+
+
 /* ---- Echo handler (event mode, on the loop thread) ------------------- */
 
 static void on_data(uvs_conn_t* conn, const char* data, size_t len) {
@@ -280,17 +484,6 @@ static void on_drain(uvs_conn_t* conn) {
 }
 
 
-/* Asks serve_forever to return; runs once. */
-static void finish(echo_app_t* app) {
-  if (app->done) {
-    return;
-  }
-  app->done = 1;
-  uv_timer_stop(&app->drain_timer);
-  uvs_server_shutdown(app->server);
-}
-
-
 /* During on_close the count no longer includes `conn`, so the last
  * connection to close while draining ends the program at once. */
 static void on_close(uvs_conn_t* conn, int status) {
@@ -304,25 +497,147 @@ static void on_close(uvs_conn_t* conn, int status) {
 }
 
 
-/* The handle_error hook for --quiet: log nothing. */
-static void on_error_quiet(uvs_server_t* server,
-                           uvs_conn_t* conn,
-                           const uvs_address_t* peer,
-                           int status) {
-  (void) server;
-  (void) conn;
-  (void) peer;
-  (void) status;
+/* ---- Echo handler (thread mode, on a worker thread) ------------------ */
+
+/* Returns at the client's EOF; uvs then flushes and closes. UV_ECANCELED
+ * means the server closed the connection (the drain ran out), which is
+ * not an error worth logging; other errors reach handle_error. */
+static int handle_thread(uvs_conn_t* conn) {
+  char buf[ECHO_CHUNK];
+  ssize_t n;
+  int err;
+
+  for (;;) {
+    n = uvs_recv(conn, buf, sizeof(buf));
+    if (n <= 0) {
+      return n == UV_ECANCELED ? 0 : (int) n;
+    }
+    err = uvs_sendall(conn, buf, (size_t) n);
+    if (err != 0) {
+      return err == UV_ECANCELED ? 0 : err;
+    }
+  }
+}
+
+
+/* ---- Echo handler (sync mode, on the loop thread) -------------------- */
+
+/* Takes note of a signal the sigaction handler recorded: the first time,
+ * stops accepting and starts the drain. Returns nonzero once a signal has
+ * arrived. */
+static int sync_poll_signal(echo_app_t* app) {
+  if (atomic_load(&sync_signals) == 0) {
+    return 0;
+  }
+  begin_stop(app, atomic_load(&sync_signal_ms));
+  return 1;
+}
+
+
+/* Nonzero when a signal has arrived and its drain has run out. */
+static int sync_drain_over(echo_app_t* app) {
+  return sync_poll_signal(app) && now_ms() >= app->deadline_ms;
+}
+
+
+/* Waits until the socket takes more bytes. Returns 0, or UV_ECANCELED when
+ * the drain ran out first. poll() on the descriptor uvs owns only reads
+ * its state; the socket error or hang-up it may report is left for
+ * uvs_sendall to return. */
+static int sync_wait_writable(echo_app_t* app, int fd) {
+  struct pollfd pfd;
+
+  for (;;) {
+    pfd.fd = fd;
+    pfd.events = POLLOUT;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, SYNC_POLL_MS) > 0) {
+      return 0;
+    }
+    if (sync_drain_over(app)) {
+      return UV_ECANCELED;
+    }
+  }
+}
+
+
+/* Sends `len` bytes in slices that each fit the socket's free space (see
+ * SYNC_SEND_SLICE), so the wait for a slow reader happens in
+ * sync_wait_writable, which keeps looking at the signal flag. */
+static int sync_send(echo_app_t* app,
+                     uvs_conn_t* conn,
+                     const char* data,
+                     size_t len) {
+  int fd = uvs_conn_fileno(conn);
+  size_t slice;
+  int err;
+
+  if (fd < 0) {
+    return fd; /* UV_EBADF: closed meanwhile */
+  }
+  while (len > 0) {
+    slice = len < SYNC_SEND_SLICE ? len : SYNC_SEND_SLICE;
+    err = sync_wait_writable(app, fd);
+    if (err == 0) {
+      err = uvs_sendall(conn, data, slice);
+    }
+    if (err != 0) {
+      return err;
+    }
+    data += slice;
+    len -= slice;
+  }
+  return 0;
+}
+
+
+/* Echoes until the client's EOF or the end of a drain. The short request
+ * timeout is only a chance to look at the signal flag: UV_ETIMEDOUT from
+ * uvs_recv consumes nothing, so the call is simply made again. */
+static int handle_sync(uvs_conn_t* conn) {
+  echo_app_t* app = uvs_server_get_data(uvs_conn_server(conn));
+  char buf[ECHO_CHUNK];
+  ssize_t n;
+  int err;
+
+  /* A client taken from the backlog after the first signal is reset
+   * without being served: the contract stops accepting at the signal, and
+   * a graceful close would keep the drain waiting for this client's EOF.
+   * uvs_server_stop usually keeps such a client in the backlog; this
+   * covers one accepted in the same loop turn as the wake-up. */
+  if (sync_poll_signal(app)) {
+    uvs_conn_abort(conn);
+    return 0;
+  }
+  for (;;) {
+    err = uvs_conn_set_timeout(conn, SYNC_POLL_MS);
+    if (err != 0) {
+      return err;
+    }
+    n = uvs_recv(conn, buf, sizeof(buf));
+    if (n == UV_ETIMEDOUT) {
+      if (sync_drain_over(app)) {
+        return 0;
+      }
+      continue;
+    }
+    if (n <= 0) {
+      return n == UV_ECANCELED ? 0 : (int) n;
+    }
+    err = uvs_conn_set_timeout(conn, SYNC_SEND_TIMEOUT_MS);
+    if (err == 0) {
+      err = sync_send(app, conn, buf, (size_t) n);
+    }
+    if (err != 0) {
+      return err == UV_ECANCELED ? 0 : err;
+    }
+  }
 }
 
 
 /* ---- Signals --------------------------------------------------------- */
 
-static void on_drain_timeout(uv_timer_t* timer) {
-  finish(timer->data);
-}
-
-
+/* Event and thread mode: the loop is free to run this at once. */
 static void on_signal(uv_signal_t* handle, int signum) {
   echo_app_t* app = handle->data;
 
@@ -332,13 +647,68 @@ static void on_signal(uv_signal_t* handle, int signum) {
     }
     _exit(1);
   }
-  app->stopping = 1;
-  uvs_server_stop(app->server);
-  if (uvs_server_connection_count(app->server) == 0) {
-    finish(app);
-  } else {
-    uv_timer_start(&app->drain_timer, on_drain_timeout, app->drain_ms, 0);
+  begin_stop(app, now_ms());
+}
+
+
+/* Sync mode: a sigaction handler, so only async-signal-safe calls. The
+ * loop learns of the signal from sync_signals, in the request handler or
+ * through `wake` when no client is being served. */
+static void on_sync_signal(int signum) {
+  int saved_errno = errno;
+  const char* msg;
+
+  if (atomic_load(&sync_signals) != 0) {
+    if (!sync_quiet) {
+      msg = sync_second_msg[signum == SIGINT ? 0 : 1];
+      (void) !write(STDERR_FILENO, msg, strlen(msg));
+    }
+    _exit(1);
   }
+  /* The time first: a reader that sees the flag must see the time. */
+  atomic_store(&sync_signal_ms, now_ms());
+  atomic_store(&sync_signals, 1);
+  if (atomic_load(&sync_wake_live)) {
+    uv_async_send(sync_wake);
+  }
+  errno = saved_errno;
+}
+
+
+static void on_wake(uv_async_t* handle) {
+  (void) sync_poll_signal(handle->data);
+}
+
+
+/* Installs the sync-mode signal handlers. Returns 0 or a libuv error. */
+static int install_sync_signals(echo_app_t* app) {
+  struct sigaction sa;
+
+  snprintf(sync_second_msg[0],
+           sizeof(sync_second_msg[0]),
+           "uvs-echo: second signal %d, exiting now\n",
+           SIGINT);
+  snprintf(sync_second_msg[1],
+           sizeof(sync_second_msg[1]),
+           "uvs-echo: second signal %d, exiting now\n",
+           SIGTERM);
+  sync_quiet = app->quiet;
+  sync_wake = &app->wake;
+  atomic_store(&sync_wake_live, 1);
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_sync_signal;
+  /* One signal handler at a time, so a second signal always sees the
+   * first one's flag. uvs's request I/O retries after EINTR by itself;
+   * SA_RESTART spares the program's other calls (stdio) the error. */
+  sigemptyset(&sa.sa_mask);
+  sigaddset(&sa.sa_mask, SIGINT);
+  sigaddset(&sa.sa_mask, SIGTERM);
+  sa.sa_flags = SA_RESTART;
+  if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) {
+    return uv_translate_sys_error(errno);
+  }
+  return 0;
 }
 
 
@@ -356,11 +726,7 @@ int main(int argc, char** argv) {
   echo_options_t opts;
   echo_app_t app = { 0 };
   uvs_config_t config;
-  /* on_eof stays NULL: the default flushes what is pending, then closes. */
-  uvs_handler_t handler = { .state_size = sizeof(echo_state_t),
-                            .on_data = on_data,
-                            .on_drain = on_drain,
-                            .on_close = on_close };
+  uvs_handler_t handler = { 0 };
   uv_loop_t* loop;
   char address[UVS_ADDRSTRLEN];
   size_t size = sizeof(address);
@@ -371,9 +737,29 @@ int main(int argc, char** argv) {
   check_address(opts.listen);
 
   uvs_config_init(&config);
+  config.mode = opts.mode;
   if (opts.quiet) {
     config.hooks.handle_error = on_error_quiet;
   }
+  switch (opts.mode) {
+  case UVS_MODE_THREADING:
+    /* 0 is uvs's "no cap": the pool grows with the clients. */
+    config.max_threads = opts.threads;
+    handler.handle = handle_thread;
+    break;
+  case UVS_MODE_SYNC:
+    handler.handle = handle_sync;
+    break;
+  default:
+    /* on_eof stays NULL: the default flushes what is pending, then
+     * closes. */
+    handler.state_size = sizeof(echo_state_t);
+    handler.on_data = on_data;
+    handler.on_drain = on_drain;
+    handler.on_close = on_close;
+    break;
+  }
+  app.mode = opts.mode;
   app.drain_ms = opts.drain_ms;
   app.quiet = opts.quiet;
 
@@ -391,18 +777,31 @@ int main(int argc, char** argv) {
   loop = uvs_server_loop(app.server);
 
   uv_timer_init(loop, &app.drain_timer);
+  uv_timer_init(loop, &app.watch_timer);
   app.drain_timer.data = &app;
-  if ((err = uv_signal_init(loop, &app.sigint)) != 0 ||
-      (err = uv_signal_init(loop, &app.sigterm)) != 0 ||
-      (err = uv_signal_start(&app.sigint, on_signal, SIGINT)) != 0 ||
-      (err = uv_signal_start(&app.sigterm, on_signal, SIGTERM)) != 0 ||
-      (err = uvs_server_address(app.server, address, &size)) != 0) {
+  app.watch_timer.data = &app;
+  if (opts.mode == UVS_MODE_SYNC) {
+    if ((err = uv_async_init(loop, &app.wake, on_wake)) == 0) {
+      app.wake.data = &app;
+      err = install_sync_signals(&app);
+    }
+  } else {
+    app.sigint.data = &app;
+    app.sigterm.data = &app;
+    if ((err = uv_signal_init(loop, &app.sigint)) == 0 &&
+        (err = uv_signal_init(loop, &app.sigterm)) == 0 &&
+        (err = uv_signal_start(&app.sigint, on_signal, SIGINT)) == 0) {
+      err = uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    }
+  }
+  if (err == 0) {
+    err = uvs_server_address(app.server, address, &size);
+  }
+  if (err != 0) {
     fprintf(stderr, "uvs-echo: %s\n", uvs_strerror(err));
     status = 1;
     goto cleanup;
   }
-  app.sigint.data = &app;
-  app.sigterm.data = &app;
 
   printf("listening on %s\n", address);
   fflush(stdout);
@@ -415,9 +814,14 @@ int main(int argc, char** argv) {
   }
 
 cleanup:
+  /* A signal from now on must not touch the async handle being closed;
+   * the handler still counts it, so a second one still exits at once. */
+  atomic_store(&sync_wake_live, 0);
   close_handle((uv_handle_t*) &app.sigint);
   close_handle((uv_handle_t*) &app.sigterm);
+  close_handle((uv_handle_t*) &app.wake);
   close_handle((uv_handle_t*) &app.drain_timer);
+  close_handle((uv_handle_t*) &app.watch_timer);
   /* Let the closes complete before uvs_server_close closes the loop. */
   uv_run(loop, UV_RUN_NOWAIT);
   /* Closes the connections still open (after --drain) and the loop. */

@@ -4,11 +4,15 @@
 
 Usage: test_echo.py /path/to/uvs-echo
 
-Every case starts its own server on port 0, reads the listening line, and
-kills the server by pid in a finally block. Every socket operation has a
+The echo and signal cases run in each mode (event, thread, sync); a few
+more check what only thread mode (a worker per client, --threads caps them)
+or sync mode (one client at a time) promises. Every case starts its own
+server on port 0, reads the listening line, and kills the server by pid in
+a finally block. Every socket operation has a
 timeout. Prints TAP and exits 1 when a case fails.
 """
 
+import functools
 import os
 import random
 import re
@@ -46,12 +50,13 @@ class Server:
     """A running uvs-echo; use as a context manager (always killed)."""
 
     def __init__(self, *args, listen="tcp://127.0.0.1:0",
-                 regex=LISTEN_RE):
+                 regex=LISTEN_RE, env=None):
         self.stderr = tempfile.TemporaryFile()
         argv = [EXE] + (["--listen", listen] if listen else []) + list(args)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
-                                     stderr=self.stderr, bufsize=0)
+                                     stderr=self.stderr, bufsize=0,
+                                     env=env)
         self.line = b""
         self.port = None
         self.regex = regex
@@ -268,6 +273,13 @@ def case_listen_equals_form():
         same(echo_stream(srv.port, data), data, "echo")
 
 
+def case_threads_equals_form_any_order():
+    # --threads may come before --mode; both take the '=' form.
+    with Server("--threads=3", "--mode=thread") as srv:
+        data = b"threads=3\n"
+        same(echo_stream(srv.port, data), data, "echo")
+
+
 def case_ipv6_listening_line():
     if not ipv6_available():
         raise Skip("no IPv6 loopback")
@@ -304,9 +316,9 @@ def case_bad_address_nonsense():
     expect_usage_error("--listen", "nonsense")
 
 
-def case_mode_thread_not_supported():
+def case_mode_fork_not_supported():
     err = expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode",
-                             "thread")
+                             "fork")
     check(b"not supported" in err, "message %r" % err)
 
 
@@ -314,11 +326,35 @@ def case_mode_bogus():
     expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode", "bogus")
 
 
-def case_threads_not_supported():
-    err = expect_usage_error("--listen", "tcp://127.0.0.1:0", "--threads",
-                             "4")
-    check(b"--threads" in err and b"not supported" in err,
-          "message %r" % err)
+def case_later_flags_not_supported():
+    for flag, value in (("--max-conns", "4"), ("--idle-timeout", "1")):
+        err = expect_usage_error("--listen", "tcp://127.0.0.1:0", flag,
+                                 value)
+        check(flag.encode() in err and b"not supported" in err,
+              "message %r" % err)
+
+
+def case_bad_threads():
+    for value in ("0", "x", "", "-1", "+2", " 2", "2 ", "1.5", "0x10",
+                  "4294967296", "99999999999999999999"):
+        err = expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode",
+                                 "thread", "--threads", value)
+        check(b"--threads" in err, "--threads %r: message %r" % (value, err))
+    expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode=thread",
+                       "--threads=0")
+    expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode", "thread",
+                       "--threads")
+
+
+def case_threads_needs_thread_mode():
+    for args in (["--threads", "4"],
+                 ["--mode", "event", "--threads", "4"],
+                 ["--threads", "4", "--mode", "event"],
+                 ["--mode", "sync", "--threads", "4"],
+                 ["--threads", "4", "--mode", "thread", "--mode", "sync"]):
+        err = expect_usage_error("--listen", "tcp://127.0.0.1:0", *args)
+        check(b"--threads" in err and b"--mode thread" in err,
+              "%s: message %r" % (" ".join(args), err))
 
 
 def case_udp_not_supported():
@@ -335,14 +371,59 @@ def case_address_in_use():
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        expect_usage_error("--listen", "tcp://127.0.0.1:%d" % port,
-                           status=1)
+        for mode in MODES:
+            expect_usage_error("--listen", "tcp://127.0.0.1:%d" % port,
+                               "--mode", mode, status=1)
 
 
-# ---- Cases: echo ------------------------------------------------------
+# ---- Helpers for the cases below ------------------------------------------
 
-def case_echo_all_byte_values():
-    with Server() as srv:
+MODES = ("event", "thread", "sync")
+
+
+def mode_args(mode):
+    """Event mode is the default: test it without --mode, as before."""
+    return [] if mode == "event" else ["--mode", mode]
+
+
+def rss_bytes(pid):
+    """The process's resident set size, or None without /proc."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_silent(socks, wait, what):
+    """Fails if any of `socks` becomes readable within `wait` seconds."""
+    if not socks:
+        return
+    r, _, _ = select.select(socks, [], [], wait)
+    check(not r, "%s: %d socket(s) got bytes or EOF early"
+          % (what, len(r)))
+
+
+def expect_closed_unserved(s, what):
+    """The server closes `s` without echoing: EOF or a reset, no data."""
+    s.settimeout(TIMEOUT)
+    try:
+        data = s.recv(64)
+    except socket.timeout:
+        raise AssertionError("%s: neither served nor closed within %.0f s"
+                             % (what, TIMEOUT))
+    except ConnectionResetError:
+        data = b""
+    check(data == b"", "%s: served after the signal: %r" % (what, data))
+
+
+# ---- Cases: echo, in every mode -------------------------------------------
+
+def case_echo_all_byte_values(mode):
+    with Server(*mode_args(mode)) as srv:
         s = connect(srv.port)
         try:
             data = bytes(range(256))
@@ -352,50 +433,82 @@ def case_echo_all_byte_values():
             s.close()
 
 
-def case_echo_8mib_concurrent():
-    with Server() as srv:
+def case_echo_8mib_concurrent(mode):
+    with Server(*mode_args(mode)) as srv:
         data = payload(8 * MiB, 8)
         same(echo_stream(srv.port, data, half_close=False), data, "8 MiB")
 
 
-def case_half_close():
-    with Server() as srv:
+def case_half_close(mode):
+    with Server(*mode_args(mode)) as srv:
         data = payload(MiB, 1)
         same(echo_stream(srv.port, data, half_close=True), data,
              "1 MiB then EOF")
 
 
-def case_50_clients():
-    with Server("--quiet") as srv:
+def many_clients(args, n, size):
+    """n clients at once, each echoing `size` bytes then EOF."""
+    with Server("--quiet", *args) as srv:
         results = {}
 
         def client(i):
             try:
-                data = payload(64 * 1024, 100 + i)
+                data = payload(size, 100 + i)
                 same(echo_stream(srv.port, data), data, "client %d" % i)
                 results[i] = None
             except Exception as e:
                 results[i] = repr(e)
 
         threads = [threading.Thread(target=client, args=(i,), daemon=True)
-                   for i in range(50)]
+                   for i in range(n)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 60
         for t in threads:
-            t.join(60)
+            t.join(max(0.01, deadline - time.monotonic()))
         bad = {i: r for i, r in results.items() if r is not None}
-        check(len(results) == 50, "%d of 50 clients finished" % len(results))
+        check(len(results) == n, "%d of %d clients finished"
+              % (len(results), n))
         check(not bad, "failed clients: %s" % bad)
 
 
-def case_backpressure():
+def case_50_clients(mode):
+    many_clients(mode_args(mode), 50, 64 * 1024)
+
+
+# Growth of the server's resident memory allowed while a client sends and
+# does not read. Its own buffers hold a few MiB at most (event mode queues
+# up to 1 MiB; thread mode 64 KiB in and 256 KiB out); the rest is slack
+# for the allocator.
+RSS_BOUND = 4 * MiB
+
+
+def small_asan_quarantine():
+    """The environment for a server whose memory is measured. Under ASan
+    every freed block waits in a quarantine (256 MiB by default) before
+    reuse, so resident memory grows with the bytes copied even when the
+    server holds none of them; a 1 MiB quarantine keeps the measure about
+    the server. Programs built without ASan ignore the variable."""
+    env = dict(os.environ)
+    old = env.get("ASAN_OPTIONS", "")
+    env["ASAN_OPTIONS"] = (old + ":" if old else "") + "quarantine_size_mb=1"
+    return env
+
+
+def case_backpressure(mode):
     """A client that sends but never reads: the server must stop reading
-    (the client's send blocks well before 48 MiB), then echo all of it
-    once the client reads."""
-    with Server() as srv:
+    (the client's send blocks well before 64 MiB) without its memory
+    growing, then echo all of it once the client reads."""
+    with Server(*mode_args(mode), env=small_asan_quarantine()) as srv:
+        # A first client warms the server up (in thread mode: starts the
+        # worker, which then stays idle), so the baseline below counts
+        # memory that grows with the bytes, not one-time costs.
+        data = payload(MiB, 6)
+        same(echo_stream(srv.port, data), data, "warm-up echo")
+        base = rss_bytes(srv.pid)
         s = connect(srv.port)
         try:
-            data = payload(48 * MiB, 7)
+            data = payload(64 * MiB, 7)
             view = memoryview(data)
             sent = 0
             s.setblocking(False)
@@ -412,6 +525,12 @@ def case_backpressure():
                   "sent %d MiB without blocking: no backpressure"
                   % (sent // MiB))
             check(srv.proc.poll() is None, "server died")
+            rss = rss_bytes(srv.pid)
+            if base is not None and rss is not None:
+                check(rss - base < RSS_BOUND,
+                      "server memory grew by %.1f MiB while the client "
+                      "did not read (%.1f MiB sent)"
+                      % ((rss - base) / MiB, sent / MiB))
             # Read it all back: reading resumes after the queue drains.
             got = bytearray()
             deadline = time.monotonic() + 30
@@ -428,26 +547,26 @@ def case_backpressure():
             s.close()
 
 
-# ---- Cases: signals ---------------------------------------------------
+# ---- Cases: signals, in every mode ----------------------------------------
 
-def stop_with_no_clients(signum):
-    with Server() as srv:
+def stop_with_no_clients(mode, signum):
+    with Server(*mode_args(mode)) as srv:
         srv.signal(signum)
         status, took = srv.wait(2.0)
         check(status == 0, "exit %r after %s" % (status, signum))
         check(took < 2.0, "took %.2f s" % took)
 
 
-def case_sigterm_no_clients():
-    stop_with_no_clients(signal.SIGTERM)
+def case_sigterm_no_clients(mode):
+    stop_with_no_clients(mode, signal.SIGTERM)
 
 
-def case_sigint_no_clients():
-    stop_with_no_clients(signal.SIGINT)
+def case_sigint_no_clients(mode):
+    stop_with_no_clients(mode, signal.SIGINT)
 
 
-def case_sigterm_drain():
-    with Server("--drain", "2") as srv:
+def case_sigterm_drain(mode):
+    with Server("--drain", "2", *mode_args(mode)) as srv:
         a = connect(srv.port)
         try:
             a.sendall(b"before")
@@ -487,8 +606,8 @@ def case_sigterm_drain():
             a.close()
 
 
-def case_second_signal():
-    with Server("--drain", "10") as srv:
+def case_second_signal(mode):
+    with Server("--drain", "10", *mode_args(mode)) as srv:
         a = connect(srv.port)
         try:
             a.sendall(b"x")
@@ -508,8 +627,40 @@ def case_second_signal():
             a.close()
 
 
-def case_client_closes_during_drain():
-    with Server("--drain", "10") as srv:
+def case_drain_ends_for_stuck_client(mode):
+    """A client that sends but stops reading holds the server's output
+    (and, in sync mode, a blocked send); the drain still ends on time."""
+    with Server("--drain", "1", "--quiet", *mode_args(mode)) as srv:
+        s = connect(srv.port)
+        try:
+            chunk = payload(64 * 1024, 9)
+            sent = 0
+            s.setblocking(False)
+            while sent < 256 * MiB:
+                try:
+                    sent += s.send(chunk)
+                    continue
+                except BlockingIOError:
+                    pass
+                _, w, _ = select.select([], [s], [], 1.0)
+                if not w:
+                    break  # the server stopped reading: it is blocked
+            check(sent < 256 * MiB, "sent %d MiB without blocking"
+                  % (sent // MiB))
+            t0 = time.monotonic()
+            srv.signal(signal.SIGTERM)
+            status, _ = srv.wait(5.0)
+            took = time.monotonic() - t0
+            check(status == 0, "exit %r (None: still running) after the "
+                  "drain" % status)
+            check(0.7 <= took <= 3.0, "exited %.2f s after SIGTERM, want "
+                  "about 1" % took)
+        finally:
+            s.close()
+
+
+def case_client_closes_during_drain(mode):
+    with Server("--drain", "10", *mode_args(mode)) as srv:
         a = connect(srv.port)
         closed = False
         try:
@@ -518,6 +669,9 @@ def case_client_closes_during_drain():
             srv.signal(signal.SIGTERM)
             time.sleep(0.3)
             check(srv.proc.poll() is None, "exited while a client is open")
+            a.sendall(b"still here")
+            check(recv_exact(a, 10) == b"still here",
+                  "echo after the signal")
             t0 = time.monotonic()
             a.close()
             closed = True
@@ -531,21 +685,175 @@ def case_client_closes_during_drain():
                 a.close()
 
 
+# ---- Cases: thread mode ---------------------------------------------------
+
+def case_thread_200_clients():
+    many_clients(["--mode", "thread"], 200, 16 * 1024)
+
+
+def case_thread_no_cap():
+    """Without --threads every client is served at once: 300 clients (more
+    than uvs's default cap of 256 workers) all hold their connections open
+    and each gets its echo while all are open."""
+    n = 300
+    with Server("--mode", "thread", "--quiet") as srv:
+        socks = []
+        try:
+            for i in range(n):
+                socks.append(connect(srv.port))
+            for i, s in enumerate(socks):
+                s.sendall(b"client %d\n" % i)
+            for i, s in enumerate(socks):
+                want = b"client %d\n" % i
+                got = recv_exact(s, len(want))
+                check(got == want, "client %d got %r" % (i, got))
+        finally:
+            for s in socks:
+                s.close()
+
+
+def case_threads_cap_fifo():
+    """--threads 2: two clients are served, the others wait (their bytes
+    are not echoed), and each close lets the next in arrival order in."""
+    with Server("--mode", "thread", "--threads", "2", "--quiet") as srv:
+        socks = []
+        try:
+            for i in range(6):
+                s = connect(srv.port)
+                socks.append(s)
+                s.sendall(b"%d" % i)
+                time.sleep(0.05)  # so that arrival order is index order
+            for i in (0, 1):
+                check(recv_exact(socks[i], 1) == b"%d" % i,
+                      "client %d not served" % i)
+            check_silent(socks[2:], 0.3, "with 2 threads busy")
+            for i in range(2, 6):
+                socks[i - 2].close()
+                check(recv_exact(socks[i], 1) == b"%d" % i,
+                      "client %d not served after client %d closed"
+                      % (i, i - 2))
+                check_silent(socks[i + 1:], 0.1,
+                             "after client %d closed" % (i - 2))
+            for i in (4, 5):
+                socks[i].sendall(b"more")
+                check(recv_exact(socks[i], 4) == b"more",
+                      "client %d: second echo" % i)
+        finally:
+            for s in socks:
+                s.close()
+
+
+# ---- Cases: sync mode -----------------------------------------------------
+
+def case_sync_one_at_a_time():
+    with Server("--mode", "sync") as srv:
+        a = connect(srv.port)
+        b = None
+        try:
+            a.sendall(b"first")
+            check(recv_exact(a, 5) == b"first", "first client's echo")
+            b = connect(srv.port)
+            b.sendall(b"second")
+            check_silent([b], 0.5, "second client while the first is open")
+            a.sendall(b"again")
+            check(recv_exact(a, 5) == b"again", "first client's 2nd echo")
+            check_silent([b], 0.2, "second client while the first is open")
+            a.close()
+            check(recv_exact(b, 6) == b"second",
+                  "second client not served after the first closed")
+            b.sendall(b"more")
+            check(recv_exact(b, 4) == b"more", "second client's 2nd echo")
+        finally:
+            a.close()
+            if b is not None:
+                b.close()
+
+
+def case_sync_backlog_after_signal():
+    """A client waiting in the backlog when the signal comes is closed,
+    never served, while the client being served goes on until it closes."""
+    with Server("--mode", "sync", "--drain", "10") as srv:
+        a = connect(srv.port)
+        b = None
+        try:
+            a.sendall(b"a")
+            check(recv_exact(a, 1) == b"a", "first client's echo")
+            b = connect(srv.port)
+            b.sendall(b"b")
+            check_silent([b], 0.3, "waiting client before the signal")
+            srv.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            check(srv.proc.poll() is None, "exited while a client is open")
+            a.sendall(b"after")
+            check(recv_exact(a, 5) == b"after", "echo after the signal")
+            a.close()
+            expect_closed_unserved(b, "waiting client")
+            status, _ = srv.wait(2.0)
+            check(status == 0, "exit %r (None: still running) after the "
+                  "served client closed" % status)
+        finally:
+            a.close()
+            if b is not None:
+                b.close()
+
+
+def case_sync_sigterm_mid_stream():
+    """SIGTERM while the one client streams: it is served to its end
+    (EOF after every byte), then the server exits 0."""
+    with Server("--mode", "sync", "--drain", "10") as srv:
+        data = payload(4 * MiB, 4)
+        s = connect(srv.port)
+        errors = []
+
+        def writer():
+            try:
+                view = memoryview(data)
+                for off in range(0, len(data), 64 * 1024):
+                    s.sendall(view[off:off + 64 * 1024])
+                    if off == MiB:
+                        srv.signal(signal.SIGTERM)
+                    time.sleep(0.002)
+                s.shutdown(socket.SHUT_WR)
+            except Exception as e:
+                errors.append(repr(e))
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        try:
+            got = recv_until_eof(s, len(data), timeout=30)
+        finally:
+            t.join(TIMEOUT)
+            s.close()
+        check(not errors, "writer: %s" % errors)
+        same(got, data, "echo across the signal")
+        status, _ = srv.wait(2.0)
+        check(status == 0, "exit %r (None: still running) after the "
+              "client closed" % status)
+
+
 CASES = [
     ("listening line format", case_listening_line),
     ("--flag=value form", case_listen_equals_form),
+    ("--threads=N before --mode=thread", case_threads_equals_form_any_order),
     ("IPv6 [::1] listening line and echo", case_ipv6_listening_line),
     ("--help", case_help),
     ("unknown flag exits 2", case_unknown_flag),
     ("--listen without value exits 2", case_listen_without_value),
     ("address without port exits 2", case_bad_address_no_port),
     ("nonsense address exits 2", case_bad_address_nonsense),
-    ("--mode thread not supported yet", case_mode_thread_not_supported),
+    ("--mode fork not supported yet", case_mode_fork_not_supported),
     ("--mode bogus exits 2", case_mode_bogus),
-    ("--threads not supported yet", case_threads_not_supported),
+    ("--max-conns, --idle-timeout not supported yet",
+     case_later_flags_not_supported),
+    ("bad --threads values exit 2", case_bad_threads),
+    ("--threads without --mode thread exits 2",
+     case_threads_needs_thread_mode),
     ("udp:// not supported yet", case_udp_not_supported),
     ("bad --drain values exit 2", case_bad_drain),
     ("address in use exits 1", case_address_in_use),
+]
+
+MODE_CASES = [
     ("echo of all 256 byte values", case_echo_all_byte_values),
     ("8 MiB echo, concurrent writer and reader", case_echo_8mib_concurrent),
     ("half-close: 1 MiB back then EOF", case_half_close),
@@ -556,6 +864,25 @@ CASES = [
     ("SIGTERM drains open clients, refuses new", case_sigterm_drain),
     ("second SIGTERM exits at once, nonzero", case_second_signal),
     ("last client closing ends the drain", case_client_closes_during_drain),
+    ("the drain ends for a client that does not read",
+     case_drain_ends_for_stuck_client),
+]
+
+for _mode in MODES:
+    for _name, _fn in MODE_CASES:
+        CASES.append(("%s [%s]" % (_name, _mode),
+                      functools.partial(_fn, _mode)))
+
+CASES += [
+    ("200 concurrent clients [thread]", case_thread_200_clients),
+    ("no thread cap: 300 clients open at once [thread]", case_thread_no_cap),
+    ("--threads 2: 6 clients wait their turn in order [thread]",
+     case_threads_cap_fifo),
+    ("one client at a time [sync]", case_sync_one_at_a_time),
+    ("client waiting in the backlog at SIGTERM is not served [sync]",
+     case_sync_backlog_after_signal),
+    ("SIGTERM mid-stream: the client is served to its end [sync]",
+     case_sync_sigterm_mid_stream),
 ]
 
 
