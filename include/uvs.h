@@ -507,8 +507,8 @@ UVS_EXTERN void uvs_server_set_data(uvs_server_t* server, void* data);
  * UV_EPIPE after uvs_conn_close or an abort, UV_ENOBUFS when the write
  * would take the unsent bytes past config->max_write_queue (the
  * connection is reset, since its peer is not reading, and nothing more is
- * sent), or UV_ENOMEM (part of
- * the bytes may be out, so the connection is closed too). A send error
+ * sent), or UV_ENOMEM (in event mode part of the bytes may be out, so the
+ * connection is closed too; in threading mode nothing was queued). A send error
  * closes the connection and reaches on_close and handle_error. Threads:
  * any in threading mode (fan-out to other connections); the loop's
  * otherwise. */

@@ -43,37 +43,41 @@ void uvs__buf_clear(uvs__buf_t* buf) {
 int uvs__buf_append(uvs__buf_t* buf, const void* data, size_t len) {
   const char* p = data;
   uvs__chunk_t* tail = buf->tail;
-  size_t room;
+  uvs__chunk_t* chunk = NULL;
+  size_t room = 0;
+  size_t rest;
   size_t cap;
 
   if (len == 0)
     return 0;
-  if (tail != NULL) {
+  if (tail != NULL)
     room = tail->cap - tail->end;
-    if (room > len)
-      room = len;
+  if (room > len)
+    room = len;
+  rest = len - room;
+  /* Allocate before copying anything, so a failure appends nothing. */
+  if (rest > 0) {
+    cap = rest > UVS__CHUNK_MIN ? rest : UVS__CHUNK_MIN;
+    chunk = uvs__malloc(sizeof(*chunk) + cap);
+    if (chunk == NULL)
+      return UV_ENOMEM;
+    chunk->next = NULL;
+    chunk->cap = cap;
+    chunk->start = 0;
+    chunk->end = rest;
+    memcpy(chunk->data, p + room, rest);
+  }
+  if (room > 0) {
     memcpy(tail->data + tail->end, p, room);
     tail->end += room;
-    p += room;
-    len -= room;
-    buf->len += room;
-    if (len == 0)
-      return 0;
   }
-  cap = len > UVS__CHUNK_MIN ? len : UVS__CHUNK_MIN;
-  tail = uvs__malloc(sizeof(*tail) + cap);
-  if (tail == NULL)
-    return UV_ENOMEM;
-  tail->next = NULL;
-  tail->cap = cap;
-  tail->start = 0;
-  tail->end = len;
-  memcpy(tail->data, p, len);
-  if (buf->tail != NULL)
-    buf->tail->next = tail;
-  else
-    buf->head = tail;
-  buf->tail = tail;
+  if (chunk != NULL) {
+    if (tail != NULL)
+      tail->next = chunk;
+    else
+      buf->head = chunk;
+    buf->tail = chunk;
+  }
   buf->len += len;
   return 0;
 }

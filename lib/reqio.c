@@ -205,8 +205,14 @@ static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
   for (;;) {
     ssize_t n = recv(conn->fd, buf, size, 0);
     int r;
-    if (n > 0)
-      return uvs__buf_append(&io->in, buf, (size_t) n);
+    if (n > 0) {
+      /* Bytes taken from the socket and not kept would break the stream:
+       * the failure ends it, as in threading mode. */
+      r = uvs__buf_append(&io->in, buf, (size_t) n);
+      if (r != 0)
+        io->error = r;
+      return r;
+    }
     if (n == 0) {
       io->eof = true;
       return 0;

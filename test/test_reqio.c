@@ -1,0 +1,1301 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Request I/O (lib/reqio.c), socketserver's rfile and wfile, over real
+ * loopback connections: uvs_readline (pieces, the size cap, EOF, CRLF,
+ * bad sizes), uvs_recv, uvs_read_exact, the request timeout, uvs_write's
+ * buffer and uvs_flush, TCP_NODELAY, UV_ENOTSUP in event mode, threading
+ * mode's backpressure and bounded memory, a peer reset while a handler
+ * waits, a close that cancels a waiting handler, and CPython's
+ * SocketWriterTest.test_write. Each behaviour runs in both blocking modes
+ * (a `_threading` and a `_sync` case) unless it only makes sense in one.
+ *
+ * Threads: each case makes its own server on an owned loop and runs
+ * serve_forever on a pthread (handle_request on the test thread for the
+ * CPython port, whose client is a pthread). In threading mode the handler
+ * runs on a worker, in sync mode on the serving thread. Handlers assert
+ * inline (an abort there fails the case like one on the test thread) and
+ * report through a ctx_t hung on the server: the handler and the client
+ * wait for each other's numbered steps, and plain fields are read only
+ * after the step or the `handled` count that follows their write. Every
+ * wait and every client read is bounded.
+ */
+#define TEST_CASE_TIMEOUT 60
+#include "test.h"
+
+#include "internal.h"
+
+#include <stdatomic.h>
+
+#define IO_TIMEOUT 5000  /* ms: handler I/O and client reads */
+#define WAIT_MS    10000 /* ms: a step that does not come fails the case */
+#define BIG_ECHO   ((size_t) 64 << 20)
+/* CPython's test.support.SOCK_MAX_SIZE. */
+#define SOCK_MAX_SIZE ((size_t) 16 * 1024 * 1024 + 1)
+
+
+/* ---- Fixtures -------------------------------------------------------- */
+
+typedef struct {
+  atomic_int server_step; /* advanced by the handler */
+  atomic_int client_step; /* advanced by the client */
+  atomic_int handled;     /* handlers that returned */
+  atomic_int errors;      /* handle_error calls */
+  atomic_int error_status;
+  /* Backpressure: bytes the handler echoed, and whether it is inside
+   * uvs_sendall now. */
+  atomic_llong echoed;
+  atomic_int in_sendall;
+  _Atomic(uvs_conn_t*) conn;
+  /* The handler's thread, published by server_step 1 (test_write). */
+  pthread_t handler_thread;
+  /* Written by the handler before a step or `handled`, read after. */
+  ssize_t result;
+  uint64_t elapsed_ms;
+  int nodelay;
+  size_t max_out;
+  size_t max_in;
+} ctx_t;
+
+
+static ctx_t* ctx_of(uvs_conn_t* conn) {
+  return uvs_server_get_data(uvs_conn_server(conn));
+}
+
+
+/* Sets a step; the other side waits for it with wait_step. */
+static void step(atomic_int* s, int value) {
+  atomic_store(s, value);
+}
+
+static void wait_step(atomic_int* s, int value) {
+  uint64_t deadline = test_now_ms() + WAIT_MS;
+  while (atomic_load(s) < value) {
+    if (test_now_ms() > deadline)
+      TEST__FAIL("waited for step %d, have %d", value, atomic_load(s));
+    usleep(1000);
+  }
+}
+
+
+static void count_error(uvs_server_t* server,
+                        uvs_conn_t* conn,
+                        const uvs_address_t* peer,
+                        int status) {
+  ctx_t* ctx = uvs_server_get_data(server);
+  atomic_store(&ctx->error_status, status);
+  atomic_fetch_add(&ctx->errors, 1);
+}
+
+
+/* Defaults for `mode`, with every request I/O call bounded and handler
+ * errors counted rather than logged. */
+static void config_for(uvs_config_t* config, uvs_mode_t mode) {
+  uvs_config_init(config);
+  config->mode = mode;
+  config->request_timeout_ms = IO_TIMEOUT;
+  config->hooks.handle_error = count_error;
+}
+
+
+typedef struct {
+  uvs_server_t* server;
+  pthread_t thread;
+  int port;
+  int result;
+} fixture_t;
+
+static void* serve_main(void* arg) {
+  fixture_t* fx = arg;
+  fx->result = uvs_server_serve_forever(fx->server, 0);
+  return NULL;
+}
+
+
+/* A server with `handler` on an owned loop and `ctx` as its data;
+ * serve_forever runs on a pthread unless `serve` is 0. */
+static void start_handler(fixture_t* fx,
+                          ctx_t* ctx,
+                          const uvs_handler_t* handler,
+                          const uvs_config_t* config,
+                          int serve) {
+  memset(ctx, 0, sizeof(*ctx));
+  fx->server = NULL;
+  ASSERT_OK(
+      uvs_server_new(NULL, &fx->server, "tcp://127.0.0.1:0", handler, config));
+  uvs_server_set_data(fx->server, ctx);
+  fx->port = test_server_port(fx->server);
+  fx->result = -12345;
+  if (serve)
+    ASSERT_OK(pthread_create(&fx->thread, NULL, serve_main, fx));
+}
+
+
+/* The same with `handle` as the only handler step. */
+static void start(fixture_t* fx,
+                  ctx_t* ctx,
+                  uvs_request_cb handle,
+                  const uvs_config_t* config,
+                  int serve) {
+  uvs_handler_t handler;
+  memset(&handler, 0, sizeof(handler));
+  handler.handle = handle;
+  start_handler(fx, ctx, &handler, config, serve);
+}
+
+
+static void stop(fixture_t* fx) {
+  ASSERT_OK(uvs_server_shutdown(fx->server));
+  ASSERT_OK(pthread_join(fx->thread, NULL));
+  ASSERT_OK(fx->result);
+  ASSERT_OK(uvs_server_close(fx->server, NULL));
+}
+
+
+/* Every behaviour in both blocking modes: BOTH(name) makes the two case
+ * functions, CASES(name) their table entries. */
+#define BOTH(name)                    \
+ static void name##_threading(void) { \
+  name(UVS_MODE_THREADING);           \
+ }                                    \
+ static void name##_sync(void) {      \
+  name(UVS_MODE_SYNC);                \
+ }
+
+/* clang-format off */
+#define CASES(name) \
+ { #name "_threading", name##_threading }, { #name "_sync", name##_sync }
+/* clang-format on */
+
+
+/* ---- Client helpers -------------------------------------------------- */
+
+static int readable_within(int fd, int timeout_ms) {
+  struct pollfd pfd = { fd, POLLIN, 0 };
+  return poll(&pfd, 1, timeout_ms) == 1;
+}
+
+
+static void sleep_ms(int ms) {
+  usleep((useconds_t) ms * 1000);
+}
+
+
+/* Reads exactly `len` bytes and compares them with `want`. */
+static void expect_bytes(int fd, const void* want, size_t len) {
+  char* got = malloc(len + 1);
+  ASSERT_NOT_NULL(got);
+  ASSERT_EQ(test_recv_n(fd, got, len, IO_TIMEOUT), (ssize_t) len);
+  ASSERT_MEM_EQ(got, want, len);
+  free(got);
+}
+
+
+/* Byte `i` of the test stream. Every 4-byte word differs from all others
+ * within 16 GiB, so a lost, doubled or reordered block shows. */
+static char pattern_at(uint64_t i) {
+  uint32_t x = (uint32_t) (i >> 2) * 2654435761u;
+  x ^= x >> 16;
+  x *= 0x45d9f3bu;
+  x ^= x >> 16;
+  return (char) (x >> ((i & 3) * 8));
+}
+
+static void pattern_fill(char* dst, uint64_t offset, size_t len) {
+  size_t i;
+  for (i = 0; i < len; i++)
+    dst[i] = pattern_at(offset + i);
+}
+
+/* Index of the first byte of `got` that is not the stream at `offset`,
+ * or `len`. */
+static size_t pattern_check(const char* got, uint64_t offset, size_t len) {
+  size_t i;
+  for (i = 0; i < len; i++) {
+    if (got[i] != pattern_at(offset + i))
+      return i;
+  }
+  return len;
+}
+
+
+/* A line of `len` bytes without '\n' but its last (printable, so
+ * readline's only '\n' is the end). */
+static void line_fill(char* dst, size_t len) {
+  size_t i;
+  for (i = 0; i + 1 < len; i++)
+    dst[i] = (char) ('a' + i % 26);
+  dst[len - 1] = '\n';
+}
+
+
+/* The common client: sends `pieces` with `pause_ms` between them, then
+ * shuts down its write side (the handler sees EOF), advances client_step
+ * to 1, and waits for the server's close and the handler's return. */
+static void client_script(fixture_t* fx,
+                          ctx_t* ctx,
+                          const char* const* pieces,
+                          const size_t* lens,
+                          size_t n,
+                          int pause_ms) {
+  int fd = test_connect("127.0.0.1", fx->port);
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    if (i > 0 && pause_ms > 0)
+      sleep_ms(pause_ms);
+    test_send_all(fd, pieces[i], lens[i]);
+  }
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  step(&ctx->client_step, 1);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx->handled, 1);
+  ASSERT_EQ(atomic_load(&ctx->errors), 0);
+}
+
+
+/* Runs `handle` in `mode` against client_script with C-string pieces. */
+static void run_text(uvs_mode_t mode,
+                     uvs_request_cb handle,
+                     const char* const* pieces,
+                     size_t n,
+                     int pause_ms) {
+  size_t lens[16];
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  size_t i;
+
+  ASSERT_LE(n, 16);
+  for (i = 0; i < n; i++)
+    lens[i] = strlen(pieces[i]);
+  config_for(&config, mode);
+  start(&fx, &ctx, handle, &config, 1);
+  client_script(&fx, &ctx, pieces, lens, n, pause_ms);
+  stop(&fx);
+}
+
+
+/* ---- uvs_readline ---------------------------------------------------- */
+
+#define LONG_LINE 10000
+
+/* Lines that arrive in pieces, several lines in one piece, and a line
+ * longer than the input queue's chunks, itself sent in pieces. */
+static int readline_pieces_handle(uvs_conn_t* conn) {
+  char buf[64];
+  char* big = malloc(LONG_LINE + 64);
+  char* want = malloc(LONG_LINE);
+
+  ASSERT_NOT_NULL(big);
+  ASSERT_NOT_NULL(want);
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 13);
+  ASSERT_STR_EQ(buf, "hello, world\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 2);
+  ASSERT_STR_EQ(buf, "a\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 3);
+  ASSERT_STR_EQ(buf, "bb\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 4);
+  ASSERT_STR_EQ(buf, "ccc\n");
+  line_fill(want, LONG_LINE);
+  ASSERT_EQ(uvs_readline(conn, big, LONG_LINE + 64), LONG_LINE);
+  ASSERT_MEM_EQ(big, want, LONG_LINE);
+  ASSERT_EQ(big[LONG_LINE], '\0');
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  ASSERT_STR_EQ(buf, "");
+  free(big);
+  free(want);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_across_chunks(uvs_mode_t mode) {
+  char* line = malloc(LONG_LINE);
+  const char* pieces[8];
+  size_t lens[8];
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+
+  ASSERT_NOT_NULL(line);
+  line_fill(line, LONG_LINE);
+  pieces[0] = "hel";
+  pieces[1] = "lo, wor";
+  pieces[2] = "ld\n";
+  pieces[3] = "a\nbb\nccc\n";
+  pieces[4] = line;        /* 3000 */
+  pieces[5] = line + 3000; /* 1 */
+  pieces[6] = line + 3001; /* 4500 */
+  pieces[7] = line + 7501; /* the rest, with the '\n' */
+  lens[0] = 3;
+  lens[1] = 7;
+  lens[2] = 3;
+  lens[3] = 9;
+  lens[4] = 3000;
+  lens[5] = 1;
+  lens[6] = 4500;
+  lens[7] = LONG_LINE - 7501;
+  config_for(&config, mode);
+  start(&fx, &ctx, readline_pieces_handle, &config, 1);
+  client_script(&fx, &ctx, pieces, lens, 8, 30);
+  stop(&fx);
+  free(line);
+}
+BOTH(readline_across_chunks)
+
+
+/* A line of exactly size - 1 bytes, '\n' included, fits. */
+static int readline_at_cap_handle(uvs_conn_t* conn) {
+  char buf[8];
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 7);
+  ASSERT_STR_EQ(buf, "abcdef\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 2);
+  ASSERT_STR_EQ(buf, "z\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_at_cap(uvs_mode_t mode) {
+  const char* pieces[] = { "abcdef\nz\n" };
+  run_text(mode, readline_at_cap_handle, pieces, 1, 0);
+}
+BOTH(readline_at_cap)
+
+
+/* One byte over: UV_ENOBUFS with the first size - 1 bytes consumed and
+ * in buf, the rest still readable; a line many times the cap comes out
+ * in pieces, and the next line is intact. */
+static int readline_over_cap_handle(uvs_conn_t* conn) {
+  char buf[8];
+  ASSERT_ERR(uvs_readline(conn, buf, sizeof(buf)), UV_ENOBUFS);
+  ASSERT_STR_EQ(buf, "abcdefg");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 1);
+  ASSERT_STR_EQ(buf, "\n");
+  ASSERT_ERR(uvs_readline(conn, buf, sizeof(buf)), UV_ENOBUFS);
+  ASSERT_STR_EQ(buf, "0123456");
+  ASSERT_ERR(uvs_readline(conn, buf, sizeof(buf)), UV_ENOBUFS);
+  ASSERT_STR_EQ(buf, "789ABCD");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 7);
+  ASSERT_STR_EQ(buf, "EFGHIJ\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 5);
+  ASSERT_STR_EQ(buf, "next\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_over_cap(uvs_mode_t mode) {
+  const char* pieces[] = { "abcdefg\n0123456789ABCDEFGHIJ\nnext\n" };
+  run_text(mode, readline_over_cap_handle, pieces, 1, 0);
+}
+BOTH(readline_over_cap)
+
+
+/* No '\n' before the peer's EOF: the partial line, then 0, and 0 again. */
+static int readline_eof_handle(uvs_conn_t* conn) {
+  char buf[64];
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 5);
+  ASSERT_STR_EQ(buf, "full\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 7);
+  ASSERT_STR_EQ(buf, "partial");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  ASSERT_STR_EQ(buf, "");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_eof_without_newline(uvs_mode_t mode) {
+  const char* pieces[] = { "full\npar", "tial" };
+  run_text(mode, readline_eof_handle, pieces, 2, 30);
+}
+BOTH(readline_eof_without_newline)
+
+
+/* "\r\n" stays as is: the line ends at '\n' only; a lone '\r' is data. */
+static int readline_crlf_handle(uvs_conn_t* conn) {
+  char buf[64];
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 6);
+  ASSERT_STR_EQ(buf, "line\r\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 4);
+  ASSERT_STR_EQ(buf, "a\rb\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 2);
+  ASSERT_STR_EQ(buf, "\r\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_crlf(uvs_mode_t mode) {
+  const char* pieces[] = { "line\r", "\na\rb\n\r\n" };
+  run_text(mode, readline_crlf_handle, pieces, 2, 30);
+}
+BOTH(readline_crlf)
+
+
+/* size < 2 (no room for a byte and the NUL), a NULL buffer or connection:
+ * UV_EINVAL, and nothing is consumed. */
+static int readline_einval_handle(uvs_conn_t* conn) {
+  char buf[64];
+  buf[0] = 'x';
+  ASSERT_ERR(uvs_readline(conn, buf, 1), UV_EINVAL);
+  ASSERT_ERR(uvs_readline(conn, buf, 0), UV_EINVAL);
+  ASSERT_ERR(uvs_readline(conn, NULL, sizeof(buf)), UV_EINVAL);
+  ASSERT_ERR(uvs_readline(NULL, buf, sizeof(buf)), UV_EINVAL);
+  ASSERT_EQ(buf[0], 'x');
+  ASSERT_ERR(uvs_readline(conn, buf, 2), UV_ENOBUFS);
+  ASSERT_STR_EQ(buf, "o");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 3);
+  ASSERT_STR_EQ(buf, "ne\n");
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void readline_einval(uvs_mode_t mode) {
+  const char* pieces[] = { "one\n" };
+  run_text(mode, readline_einval_handle, pieces, 1, 0);
+}
+BOTH(readline_einval)
+
+
+/* ---- uvs_recv and uvs_read_exact ------------------------------------ */
+
+/* What is queued comes before the EOF behind it: the handler starts
+ * reading only after the client has sent everything and shut down. */
+static int recv_eof_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+
+  wait_step(&ctx->client_step, 1);
+  sleep_ms(100); /* the FIN is in (threading: queued behind the bytes) */
+  ASSERT_EQ(uvs_recv(conn, buf, 0), 0);
+  ASSERT_EQ(uvs_recv(conn, buf, 2), 2);
+  ASSERT_MEM_EQ(buf, "ab", 2);
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 4);
+  ASSERT_MEM_EQ(buf, "cdef", 4);
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 0);
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 0);
+  ASSERT_ERR(uvs_recv(NULL, buf, sizeof(buf)), UV_EINVAL);
+  ASSERT_ERR(uvs_recv(conn, NULL, sizeof(buf)), UV_EINVAL);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void recv_buffered_then_eof(uvs_mode_t mode) {
+  const char* pieces[] = { "abcdef" };
+  run_text(mode, recv_eof_handle, pieces, 1, 0);
+}
+BOTH(recv_buffered_then_eof)
+
+
+/* uvs_recv waits for the first byte and returns what is there. */
+static int recv_waits_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+  uint64_t start = test_now_ms();
+
+  step(&ctx->server_step, 1);
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 5);
+  ASSERT_MEM_EQ(buf, "later", 5);
+  ASSERT_GE(test_now_ms() - start, 90);
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void recv_waits_for_data(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  start(&fx, &ctx, recv_waits_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  sleep_ms(150);
+  test_send_all(fd, "later", 5);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(recv_waits_for_data)
+
+
+#define EXACT_LEN 10000
+
+/* read_exact gathers pieces into exactly n; at EOF it returns fewer (what
+ * there was), then 0. */
+static int read_exact_handle(uvs_conn_t* conn) {
+  char* buf = malloc(EXACT_LEN);
+  char small[16];
+
+  ASSERT_NOT_NULL(buf);
+  ASSERT_EQ(uvs_read_exact(conn, buf, 0), 0);
+  ASSERT_EQ(uvs_read_exact(conn, buf, EXACT_LEN), EXACT_LEN);
+  ASSERT_EQ(pattern_check(buf, 0, EXACT_LEN), EXACT_LEN);
+  ASSERT_EQ(uvs_read_exact(conn, small, 10), 3);
+  ASSERT_MEM_EQ(small, "xyz", 3);
+  ASSERT_EQ(uvs_read_exact(conn, small, 5), 0);
+  ASSERT_ERR(uvs_read_exact(NULL, small, 5), UV_EINVAL);
+  free(buf);
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void read_exact_short_at_eof(uvs_mode_t mode) {
+  char* data = malloc(EXACT_LEN);
+  const char* pieces[5];
+  size_t lens[5];
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+
+  ASSERT_NOT_NULL(data);
+  pattern_fill(data, 0, EXACT_LEN);
+  pieces[0] = data;
+  pieces[1] = data + 3000;
+  pieces[2] = data + 3001;
+  pieces[3] = data + 7001;
+  pieces[4] = "xyz";
+  lens[0] = 3000;
+  lens[1] = 1;
+  lens[2] = 4000;
+  lens[3] = EXACT_LEN - 7001;
+  lens[4] = 3;
+  config_for(&config, mode);
+  start(&fx, &ctx, read_exact_handle, &config, 1);
+  client_script(&fx, &ctx, pieces, lens, 5, 20);
+  stop(&fx);
+  free(data);
+}
+BOTH(read_exact_short_at_eof)
+
+
+/* ---- Timeouts -------------------------------------------------------- */
+
+/* Times one uvs_recv that gets no data; it must time out, not earlier than
+ * the timeout and well before the case's limits. */
+static void expect_recv_timeout(uvs_conn_t* conn, uint64_t timeout_ms) {
+  char buf[16];
+  uint64_t start = test_now_ms();
+  uint64_t elapsed;
+
+  ASSERT_ERR(uvs_recv(conn, buf, sizeof(buf)), UV_ETIMEDOUT);
+  elapsed = test_now_ms() - start;
+  /* 1 ms of slack for the millisecond clock's truncation. */
+  if (timeout_ms > 0)
+    ASSERT_GE(elapsed, timeout_ms - 1);
+  ASSERT_LT(elapsed, timeout_ms + 3000);
+}
+
+
+/* config.request_timeout_ms bounds each call; the connection works after
+ * a timeout. */
+static int config_timeout_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+  uint64_t start;
+
+  expect_recv_timeout(conn, 200);
+  start = test_now_ms();
+  ASSERT_ERR(uvs_readline(conn, buf, sizeof(buf)), UV_ETIMEDOUT);
+  ASSERT_GE(test_now_ms() - start, 199);
+  /* The client sends once it sees this step; wait generously for it. */
+  ASSERT_OK(uvs_conn_set_timeout(conn, IO_TIMEOUT));
+  step(&ctx->server_step, 1);
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 5);
+  ASSERT_STR_EQ(buf, "ping\n");
+  ASSERT_OK(uvs_sendall(conn, "pong\n", 5));
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void request_timeout_from_config(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.request_timeout_ms = 200;
+  start(&fx, &ctx, config_timeout_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  test_send_all(fd, "ping\n", 5);
+  expect_bytes(fd, "pong\n", 5);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(request_timeout_from_config)
+
+
+/* uvs_conn_set_timeout changes this request's timeout only: the first
+ * connection shortens it, the second starts from the config's again. */
+static int set_timeout_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+
+  if (uvs_conn_id(conn) == 1) {
+    ASSERT_ERR(uvs_conn_set_timeout(conn, -2), UV_EINVAL);
+    ASSERT_ERR(uvs_conn_set_timeout(NULL, 100), UV_EINVAL);
+    ASSERT_OK(uvs_conn_set_timeout(conn, 100));
+    expect_recv_timeout(conn, 100);
+    ASSERT_OK(uvs_conn_set_timeout(conn, 0));
+    expect_recv_timeout(conn, 0);
+    ASSERT_OK(uvs_conn_set_timeout(conn, IO_TIMEOUT));
+    step(&ctx->server_step, 1);
+    ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 4);
+    ASSERT_STR_EQ(buf, "one\n");
+  } else {
+    expect_recv_timeout(conn, 400);
+    ASSERT_OK(uvs_conn_set_timeout(conn, IO_TIMEOUT));
+    step(&ctx->server_step, 2);
+    ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 4);
+    ASSERT_STR_EQ(buf, "two\n");
+  }
+  ASSERT_EQ(uvs_readline(conn, buf, sizeof(buf)), 0);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void request_timeout_per_request(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.request_timeout_ms = 400;
+  start(&fx, &ctx, set_timeout_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  test_send_all(fd, "one\n", 4);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 2);
+  test_send_all(fd, "two\n", 4);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 2);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(request_timeout_per_request)
+
+
+/* uvs_sendall to a peer that does not read is bounded by the timeout
+ * too. */
+static int sendall_timeout_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  size_t len = (size_t) 1 << 20;
+  char* data = calloc(1, len);
+  int r = 0;
+  int i;
+
+  ASSERT_NOT_NULL(data);
+  /* Far more than the socket buffers hold: one call has to wait. */
+  for (i = 0; i < 256 && r == 0; i++) {
+    uint64_t start = test_now_ms();
+    r = uvs_sendall(conn, data, len);
+    ctx->elapsed_ms = test_now_ms() - start;
+  }
+  ctx->result = r;
+  free(data);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void sendall_timeout(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.request_timeout_ms = 300;
+  start(&fx, &ctx, sendall_timeout_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.handled, 1);
+  ASSERT_ERR(ctx.result, UV_ETIMEDOUT);
+  ASSERT_GE(ctx.elapsed_ms, 299);
+  ASSERT_LT(ctx.elapsed_ms, 3300);
+  close(fd);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(sendall_timeout)
+
+
+/* ---- uvs_write, uvs_flush and wbufsize ------------------------------ */
+
+#define WBUFSIZE 1024
+
+/* Bytes collect until uvs_flush; a write that does not fit sends the
+ * buffer first and is kept; one larger than the buffer goes straight out
+ * (after what was buffered); the buffer is flushed after finish. */
+static int wbuf_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char block[2000];
+
+  ASSERT_OK(uvs_write(conn, "hello", 5));
+  step(&ctx->server_step, 1);
+  wait_step(&ctx->client_step, 1);
+  ASSERT_OK(uvs_flush(conn));
+  /* flush returns once the socket has taken every byte. */
+  ASSERT_EQ(uvs_conn_write_queue_size(conn), 0);
+  ASSERT_OK(uvs_flush(conn));
+
+  memset(block, 'A', 600);
+  ASSERT_OK(uvs_write(conn, block, 600));
+  memset(block, 'B', 600);
+  ASSERT_OK(uvs_write(conn, block, 600));
+  step(&ctx->server_step, 2);
+  wait_step(&ctx->client_step, 2);
+
+  memset(block, 'C', sizeof(block));
+  ASSERT_OK(uvs_write(conn, block, sizeof(block)));
+  step(&ctx->server_step, 3);
+  wait_step(&ctx->client_step, 3);
+
+  ASSERT_OK(uvs_write(conn, "tail", 4));
+  ASSERT_ERR(uvs_write(NULL, "x", 1), UV_EINVAL);
+  ASSERT_ERR(uvs_flush(NULL), UV_EINVAL);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void write_buffered(uvs_mode_t mode) {
+  char want[2600];
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.wbufsize = WBUFSIZE;
+  start(&fx, &ctx, wbuf_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+
+  /* Written, not flushed: nothing arrives. */
+  wait_step(&ctx.server_step, 1);
+  ASSERT_FALSE(readable_within(fd, 200));
+  step(&ctx.client_step, 1);
+  expect_bytes(fd, "hello", 5);
+
+  /* 600 + 600 does not fit in 1024: the first 600 went out, the second
+   * waits. */
+  wait_step(&ctx.server_step, 2);
+  memset(want, 'A', 600);
+  expect_bytes(fd, want, 600);
+  ASSERT_FALSE(readable_within(fd, 200));
+  step(&ctx.client_step, 2);
+
+  /* 2000 > 1024: the buffered B's, then the C's, without a flush (the
+   * handler waits for this step before it goes on). */
+  wait_step(&ctx.server_step, 3);
+  memset(want, 'B', 600);
+  memset(want + 600, 'C', 2000);
+  expect_bytes(fd, want, sizeof(want));
+  step(&ctx.client_step, 3);
+
+  /* Flushed after the handler returned. */
+  expect_bytes(fd, "tail", 4);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(write_buffered)
+
+
+/* wbufsize 0 (the default): every uvs_write is sent at once. */
+static int unbuffered_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  ASSERT_OK(uvs_write(conn, "now", 3));
+  step(&ctx->server_step, 1);
+  wait_step(&ctx->client_step, 1);
+  ASSERT_OK(uvs_flush(conn));
+  ASSERT_OK(uvs_write(conn, "", 0));
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void write_unbuffered(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  start(&fx, &ctx, unbuffered_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  /* The handler waits for the next step: no flush, no close yet. */
+  expect_bytes(fd, "now", 3);
+  step(&ctx.client_step, 1);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(write_unbuffered)
+
+
+/* ---- TCP_NODELAY ----------------------------------------------------- */
+
+static int nodelay_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  int fd = uvs_conn_fileno(conn);
+  int on = -1;
+  socklen_t len = sizeof(on);
+
+  ASSERT_GE(fd, 0);
+  ASSERT_OK(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len));
+  ctx->nodelay = on;
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void nodelay_once(uvs_mode_t mode, int disable_nagle, int want) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.disable_nagle_algorithm = disable_nagle;
+  start(&fx, &ctx, nodelay_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(ctx.nodelay != 0, want);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  stop(&fx);
+}
+
+static void disable_nagle_algorithm(uvs_mode_t mode) {
+  nodelay_once(mode, 1, 1);
+  nodelay_once(mode, 0, 0);
+}
+BOTH(disable_nagle_algorithm)
+
+
+/* ---- Event mode ------------------------------------------------------ */
+
+/* Request I/O is for the blocking modes: in event mode every call returns
+ * UV_ENOTSUP (uvs_conn_set_timeout: UV_EINVAL, as documented), at once. */
+static void enotsup_open(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[16];
+
+  ASSERT_ERR(uvs_recv(conn, buf, sizeof(buf)), UV_ENOTSUP);
+  ASSERT_ERR(uvs_read_exact(conn, buf, sizeof(buf)), UV_ENOTSUP);
+  ASSERT_ERR(uvs_readline(conn, buf, sizeof(buf)), UV_ENOTSUP);
+  ASSERT_ERR(uvs_sendall(conn, "x", 1), UV_ENOTSUP);
+  ASSERT_ERR(uvs_write(conn, "x", 1), UV_ENOTSUP);
+  ASSERT_ERR(uvs_flush(conn), UV_ENOTSUP);
+  ASSERT_ERR(uvs_conn_set_timeout(conn, 100), UV_EINVAL);
+  ASSERT_OK(uvs_conn_close(conn));
+  atomic_fetch_add(&ctx->handled, 1);
+}
+
+static void event_mode_enotsup(void) {
+  uvs_handler_t handler;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  memset(&handler, 0, sizeof(handler));
+  handler.on_open = enotsup_open;
+  start_handler(&fx, &ctx, &handler, NULL, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.handled, 1);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  stop(&fx);
+}
+
+
+/* ---- Threading: backpressure ---------------------------------------- */
+
+/* The most output uvs holds for a connection: output_high_water plus the
+ * one piece a writer appends past it. */
+#define PIECE ((size_t) 65536)
+
+static void note_memory(uvs_conn_t* conn, ctx_t* ctx) {
+  size_t out = uvs_conn_write_queue_size(conn);
+  size_t in;
+  uv_mutex_lock(&conn->io->lock);
+  in = conn->io->in.len;
+  uv_mutex_unlock(&conn->io->lock);
+  if (out > ctx->max_out)
+    ctx->max_out = out;
+  if (in > ctx->max_in)
+    ctx->max_in = in;
+}
+
+/* Echo with uvs_recv and uvs_sendall, counting what went back. */
+static int echo_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char* buf = malloc(PIECE);
+  ssize_t n;
+
+  ASSERT_NOT_NULL(buf);
+  atomic_store(&ctx->conn, conn);
+  while ((n = uvs_recv(conn, buf, PIECE)) > 0) {
+    note_memory(conn, ctx);
+    atomic_store(&ctx->in_sendall, 1);
+    ASSERT_OK(uvs_sendall(conn, buf, (size_t) n));
+    atomic_store(&ctx->in_sendall, 0);
+    atomic_fetch_add(&ctx->echoed, n);
+    note_memory(conn, ctx);
+  }
+  ASSERT_EQ(n, 0);
+  atomic_store(&ctx->conn, NULL);
+  free(buf);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+
+typedef struct {
+  int fd;
+  size_t len;
+} sender_t;
+
+/* Sends `len` bytes of the test stream, then shuts down the write side. */
+static void* send_stream(void* arg) {
+  sender_t* s = arg;
+  char* block = malloc(PIECE);
+  size_t done = 0;
+
+  ASSERT_NOT_NULL(block);
+  while (done < s->len) {
+    size_t n = s->len - done < PIECE ? s->len - done : PIECE;
+    pattern_fill(block, done, n);
+    test_send_all(s->fd, block, n);
+    done += n;
+  }
+  ASSERT_OK(shutdown(s->fd, SHUT_WR));
+  free(block);
+  return NULL;
+}
+
+/* Reads `len` bytes of the test stream starting at `offset` and checks
+ * every byte. */
+static void recv_stream(int fd, uint64_t offset, size_t len) {
+  char* block = malloc(PIECE);
+  size_t done = 0;
+
+  ASSERT_NOT_NULL(block);
+  while (done < len) {
+    size_t n = len - done < PIECE ? len - done : PIECE;
+    size_t bad;
+    ASSERT_EQ(test_recv_n(fd, block, n, 15000), (ssize_t) n);
+    bad = pattern_check(block, offset + done, n);
+    if (bad != n)
+      TEST__FAIL("byte %" PRIu64 " differs", offset + done + bad);
+    done += n;
+  }
+  free(block);
+}
+
+/* A client sends 64 MiB and reads nothing: the handler's uvs_sendall
+ * blocks, the echoed count stops growing, and uvs's memory for the
+ * connection stays within its high marks, because the loop stops reading.
+ * Then the client reads: all 64 MiB come back intact, in order. */
+static void backpressure_64mib(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  sender_t sender;
+  pthread_t thread;
+  ctx_t ctx;
+  long long last = -1;
+  int stable = 0;
+  uint64_t deadline;
+  uvs_conn_t* conn;
+  size_t out;
+  size_t in;
+  bool paused;
+
+  config_for(&config, UVS_MODE_THREADING);
+  /* The stall is watched for a while: no I/O timeout meanwhile. */
+  config.request_timeout_ms = 30000;
+  start(&fx, &ctx, echo_handle, &config, 1);
+  sender.fd = test_connect("127.0.0.1", fx.port);
+  sender.len = BIG_ECHO;
+  ASSERT_OK(pthread_create(&thread, NULL, send_stream, &sender));
+
+  /* Stalled: the same count for half a second, inside uvs_sendall. */
+  deadline = test_now_ms() + 20000;
+  while (stable < 5) {
+    long long now = atomic_load(&ctx.echoed);
+    if (test_now_ms() > deadline)
+      TEST__FAIL("echo did not stall: %lld bytes echoed", now);
+    if (now == last && now > 0 && atomic_load(&ctx.in_sendall))
+      stable++;
+    else
+      stable = 0;
+    last = now;
+    sleep_ms(100);
+  }
+  ASSERT_LT(last, (long long) BIG_ECHO / 2);
+  sleep_ms(300);
+  ASSERT_EQ(atomic_load(&ctx.echoed), last);
+
+  /* The handler is blocked until we read, so the connection is alive. */
+  conn = atomic_load(&ctx.conn);
+  ASSERT_NOT_NULL(conn);
+  out = uvs_conn_write_queue_size(conn);
+  uv_mutex_lock(&conn->io->lock);
+  in = conn->io->in.len;
+  paused = conn->io->read_paused;
+  uv_mutex_unlock(&conn->io->lock);
+  printf("# stalled after %lld bytes: %zu queued out, %zu in\n", last, out, in);
+  ASSERT_GE(out, config.output_high_water);
+  ASSERT_LE(out, config.output_high_water + PIECE);
+  ASSERT_LE(in, config.input_high_water + config.read_buffer_size);
+  ASSERT_TRUE(paused);
+
+  recv_stream(sender.fd, 0, BIG_ECHO);
+  ASSERT_OK(pthread_join(thread, NULL));
+  ASSERT_EQ(test_wait_eof(sender.fd, IO_TIMEOUT), 1);
+  close(sender.fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.echoed), (long long) BIG_ECHO);
+  ASSERT_LE(ctx.max_out, config.output_high_water + PIECE);
+  ASSERT_LE(ctx.max_in, config.input_high_water + config.read_buffer_size);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
+/* ---- Ends while a handler waits -------------------------------------- */
+
+/* The peer resets while the handler waits in uvs_recv: the call fails with
+ * the reset at once, long before the request timeout. */
+static int reset_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[16];
+  uint64_t start = test_now_ms();
+
+  step(&ctx->server_step, 1);
+  ctx->result = uvs_recv(conn, buf, sizeof(buf));
+  ctx->elapsed_ms = test_now_ms() - start;
+  /* The end is sticky. */
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), ctx->result);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void reset_while_in_recv(uvs_mode_t mode) {
+  uvs_config_t config;
+  struct linger lg = { 1, 0 };
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.request_timeout_ms = 20000;
+  start(&fx, &ctx, reset_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  sleep_ms(100);
+  ASSERT_OK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)));
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_ERR(ctx.result, UV_ECONNRESET);
+  ASSERT_LT(ctx.elapsed_ms, 5000);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(reset_while_in_recv)
+
+
+/* Threading: uvs_server_close wakes a handler blocked in request I/O with
+ * UV_ECANCELED, and (block_on_close) returns once it has returned. */
+static void close_cancels_recv(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  uint64_t start_ms;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  config.request_timeout_ms = -1;
+  start(&fx, &ctx, reset_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  sleep_ms(100);
+  start_ms = test_now_ms();
+  ASSERT_OK(uvs_server_shutdown(fx.server));
+  ASSERT_OK(pthread_join(fx.thread, NULL));
+  ASSERT_OK(fx.result);
+  ASSERT_EQ(atomic_load(&ctx.handled), 0);
+  ASSERT_OK(uvs_server_close(fx.server, NULL));
+  ASSERT_LT(test_now_ms() - start_ms, 3000);
+  ASSERT_EQ(atomic_load(&ctx.handled), 1);
+  ASSERT_ERR(ctx.result, UV_ECANCELED);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+}
+
+
+/* ---- CPython SocketWriterTest.test_write ----------------------------- */
+
+/* The handler's first write is sent at once, without a flush; then it
+ * reads the client's line and sends SOCK_MAX_SIZE bytes with one
+ * uvs_sendall, which signals interrupt (no SA_RESTART) and which must
+ * still arrive whole. handle_request runs on the test thread, the client
+ * on a pthread, as in Python. */
+static atomic_int interrupted;
+
+static void on_sigusr1(int sig) {
+  (void) sig;
+  atomic_store(&interrupted, 1);
+}
+
+static int writer_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char line[64];
+  char* big = malloc(SOCK_MAX_SIZE);
+
+  ASSERT_NOT_NULL(big);
+  ctx->handler_thread = pthread_self();
+  step(&ctx->server_step, 1);
+  ASSERT_OK(uvs_write(conn, "write data\n", 11));
+  ASSERT_EQ(uvs_readline(conn, line, sizeof(line)), 16);
+  ASSERT_STR_EQ(line, "client response\n");
+  pattern_fill(big, 0, SOCK_MAX_SIZE);
+  ASSERT_OK(uvs_sendall(conn, big, SOCK_MAX_SIZE));
+  free(big);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+typedef struct {
+  int port;
+  ctx_t* ctx;
+  size_t received2;
+} writer_client_t;
+
+static void* writer_client(void* arg) {
+  writer_client_t* c = arg;
+  char* block = malloc(PIECE);
+  uint64_t offset = 100;
+  int fd = test_connect("127.0.0.1", c->port);
+  int tries;
+
+  ASSERT_NOT_NULL(block);
+  expect_bytes(fd, "write data\n", 11);
+  wait_step(&c->ctx->server_step, 1);
+  test_send_all(fd, "client response\n", 16);
+  ASSERT_EQ(test_recv_n(fd, block, 100, IO_TIMEOUT), 100);
+  ASSERT_EQ(pattern_check(block, 0, 100), 100);
+  /* The handler now waits in uvs_sendall. Signal until it sees one. */
+  for (tries = 0; !atomic_load(&interrupted); tries++) {
+    ASSERT_LT(tries, 10);
+    ASSERT_OK(pthread_kill(c->ctx->handler_thread, SIGUSR1));
+    {
+      uint64_t deadline = test_now_ms() + 1000;
+      while (!atomic_load(&interrupted) && test_now_ms() < deadline)
+        sleep_ms(1);
+    }
+  }
+  for (;;) {
+    ssize_t n = test_recv_n(fd, block, PIECE, IO_TIMEOUT);
+    size_t bad;
+    ASSERT_GE(n, 0);
+    bad = pattern_check(block, offset, (size_t) n);
+    if (bad != (size_t) n)
+      TEST__FAIL("byte %" PRIu64 " differs", offset + bad);
+    offset += (uint64_t) n;
+    if ((size_t) n < PIECE)
+      break;
+  }
+  c->received2 = (size_t) (offset - 100);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  close(fd);
+  free(block);
+  return NULL;
+}
+
+static void socket_writer_test_write(uvs_mode_t mode) {
+  struct sigaction sa;
+  struct sigaction old;
+  uvs_config_t config;
+  writer_client_t client;
+  pthread_t thread;
+  fixture_t fx;
+  ctx_t ctx;
+
+  atomic_store(&interrupted, 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_sigusr1;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_OK(sigaction(SIGUSR1, &sa, &old));
+  config_for(&config, mode);
+  config.request_timeout_ms = 30000;
+  start(&fx, &ctx, writer_handle, &config, 0);
+  client.port = fx.port;
+  client.ctx = &ctx;
+  client.received2 = 0;
+  ASSERT_OK(pthread_create(&thread, NULL, writer_client, &client));
+  ASSERT_OK(uvs_server_handle_request(fx.server));
+  ASSERT_OK(pthread_join(thread, NULL));
+  ASSERT_OK(sigaction(SIGUSR1, &old, NULL));
+  ASSERT_EQ(atomic_load(&ctx.handled), 1);
+  ASSERT_EQ(atomic_load(&interrupted), 1);
+  ASSERT_EQ(client.received2, SOCK_MAX_SIZE - 100);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_OK(uvs_server_close(fx.server, NULL));
+}
+BOTH(socket_writer_test_write)
+
+
+static const test_case_t cases[] = {
+  CASES(readline_across_chunks),
+  CASES(readline_at_cap),
+  CASES(readline_over_cap),
+  CASES(readline_eof_without_newline),
+  CASES(readline_crlf),
+  CASES(readline_einval),
+  CASES(recv_buffered_then_eof),
+  CASES(recv_waits_for_data),
+  CASES(read_exact_short_at_eof),
+  CASES(request_timeout_from_config),
+  CASES(request_timeout_per_request),
+  CASES(sendall_timeout),
+  CASES(write_buffered),
+  CASES(write_unbuffered),
+  CASES(disable_nagle_algorithm),
+  { "event_mode_enotsup", event_mode_enotsup },
+  { "backpressure_64mib", backpressure_64mib },
+  CASES(reset_while_in_recv),
+  { "close_cancels_recv", close_cancels_recv },
+  CASES(socket_writer_test_write),
+};
+
+TEST_MAIN(cases)
