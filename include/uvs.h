@@ -273,7 +273,9 @@ typedef struct uvs_config_s {
    * blocks: a write past it closes the connection (UV_ENOBUFS), so a
    * peer that stops reading cannot grow memory or hold up a writer that
    * fans out to many connections. Default 0: no cap. uvs_sendall waits
-   * instead and is never cut off by it. */
+   * instead and is never cut off by it. In threading mode bytes count once
+   * the socket has refused some (the loop picking writes up late is not a
+   * slow peer), and all unsent bytes count against four times the cap. */
   size_t max_write_queue;
 } uvs_config_t;
 

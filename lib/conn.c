@@ -221,8 +221,11 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
 static void unlink_conn(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
   uv_mutex_lock(&server->conns_lock);
-  uvs__list_remove(&conn->node);
-  server->nconns--;
+  /* A removed node points at itself: unlinking twice counts once. */
+  if (conn->node.next != &conn->node) {
+    uvs__list_remove(&conn->node);
+    server->nconns--;
+  }
   uv_mutex_unlock(&server->conns_lock);
 }
 
@@ -231,24 +234,30 @@ static void unlink_conn(uvs_conn_t* conn) {
  * done, or (the server closed without waiting) the worker frees it. */
 static void finish(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
+  uint64_t id = conn->id;
   bool orphan = false;
 
   conn->loop_done = true;
   if (conn->worker_ref) {
     if (!server->pool_detached)
       return;
+    conn->worker_ref = false;
+    uvs__mailbox_unhold(server->mailbox);
+    /* Everything the loop does with the connection happens before it is
+     * handed over: once `orphaned` is set and the lock released, the
+     * worker may free it at any moment. Cancelling under the I/O lock
+     * catches any message the worker posted (it posts under that lock,
+     * and never once orphaned). */
+    unlink_conn(conn);
     uv_mutex_lock(&conn->io->lock);
     if (!conn->io->done) {
       conn->io->orphaned = true;
       orphan = true;
     }
+    uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
     uv_mutex_unlock(&conn->io->lock);
-    conn->worker_ref = false;
-    uvs__mailbox_unhold(server->mailbox);
     if (orphan) {
-      uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
-      unlink_conn(conn);
-      uvs__server_conn_done(server, conn->id);
+      uvs__server_conn_done(server, id);
       return;
     }
   }

@@ -548,9 +548,21 @@ int uvs_conn_set_timeout(uvs_conn_t* conn, int64_t timeout_ms) {
 
 /* ---- From any thread ------------------------------------------------- */
 
-/* Bytes written and not yet taken by the socket. */
-static size_t pending(const uvs__io_t* io) {
-  return io->out.len + io->inflight;
+/* Would `len` more bytes take this connection past max_write_queue? As in
+ * event mode, the cap is for a peer that does not read: it applies once
+ * the socket has refused bytes (`inflight`). Bytes the loop has not picked
+ * up yet are only the loop being busy, so they count against a hard bound
+ * of four times the cap instead, which keeps memory bounded anyway. */
+static bool over_queue_cap(const uvs__io_t* io, size_t len) {
+  size_t cap = io->max_queue;
+  size_t pending = io->out.len + io->inflight;
+  size_t hard = cap <= SIZE_MAX / 4 ? cap * 4 : SIZE_MAX;
+
+  if (cap == 0)
+    return false;
+  if (pending > hard || len > hard - pending)
+    return true;
+  return io->inflight > 0 && (pending > cap || len > cap - pending);
 }
 
 
@@ -563,8 +575,7 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
   uv_mutex_lock(&io->lock);
   if (io->error != 0) {
     r = io->error == UV_ECANCELED ? UV_EPIPE : io->error;
-  } else if (io->max_queue > 0 && (pending(io) > io->max_queue ||
-                                   len > io->max_queue - pending(io))) {
+  } else if (over_queue_cap(io, len)) {
     /* The peer is not reading: cut it off rather than hold memory. Its
      * handler's request I/O sees the server's close (UV_ECANCELED), not
      * this writer's UV_ENOBUFS, which would read as a line too long. */

@@ -1275,6 +1275,49 @@ static void socket_writer_test_write(uvs_mode_t mode) {
 BOTH(socket_writer_test_write)
 
 
+/* Sync mode: bytes recv(2) took but could not queue (out of memory) end
+ * the stream for good; the next read must not go on as if they never
+ * came ("hello" lost, "world" read). */
+static atomic_int enomem_step;
+static ssize_t enomem_first;
+static ssize_t enomem_second;
+
+static int enomem_handle(uvs_conn_t* conn) {
+  char buf[64];
+  wait_step(&enomem_step, 1);
+  sleep_ms(100); /* "hello" is in the socket */
+  uvs__alloc_fail_after(0);
+  enomem_first = uvs_recv(conn, buf, sizeof(buf));
+  uvs__alloc_fail_after(-1);
+  step(&enomem_step, 2);
+  wait_step(&enomem_step, 3);
+  enomem_second = uvs_recv(conn, buf, sizeof(buf));
+  return 0;
+}
+
+static void sync_enomem_ends_stream(void) {
+  fixture_t fx;
+  ctx_t ctx;
+  uvs_config_t config;
+  int fd;
+
+  atomic_store(&enomem_step, 0);
+  config_for(&config, UVS_MODE_SYNC);
+  start(&fx, &ctx, enomem_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  test_send_all(fd, "hello", 5);
+  step(&enomem_step, 1);
+  wait_step(&enomem_step, 2);
+  test_send_all(fd, "world", 5);
+  step(&enomem_step, 3);
+  ASSERT_EQ(test_wait_eof(fd, WAIT_MS), 1);
+  close(fd);
+  ASSERT_EQ(enomem_first, UV_ENOMEM);
+  ASSERT_EQ(enomem_second, UV_ENOMEM);
+  stop(&fx);
+}
+
+
 static const test_case_t cases[] = {
   CASES(readline_across_chunks),
   CASES(readline_at_cap),
@@ -1296,6 +1339,7 @@ static const test_case_t cases[] = {
   CASES(reset_while_in_recv),
   { "close_cancels_recv", close_cancels_recv },
   CASES(socket_writer_test_write),
+  { "sync_enomem_ends_stream", sync_enomem_ends_stream },
 };
 
 TEST_MAIN(cases)
