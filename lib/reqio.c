@@ -194,6 +194,20 @@ static int fd_wait(int fd, short events, uint64_t deadline) {
 }
 
 
+/* Sync, after recv or send failed with `errno`: returns 0 to try again
+ * (interrupted, or ready for `events` within the deadline), UV_ETIMEDOUT,
+ * or the socket's error, which also ends the connection. */
+static int fd_again(uvs_conn_t* conn, short events, uint64_t deadline) {
+  if (errno == EINTR)
+    return 0;
+  if (errno != EAGAIN && errno != EWOULDBLOCK) {
+    conn->io->error = UVS__ERR(errno);
+    return conn->io->error;
+  }
+  return fd_wait(conn->fd, events, deadline);
+}
+
+
 /* Sync: one recv into the queue. Returns 0 (bytes or EOF arrived) or an
  * error, which also becomes the connection's end. */
 static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
@@ -217,13 +231,7 @@ static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
       io->eof = true;
       return 0;
     }
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      io->error = UVS__ERR(errno);
-      return io->error;
-    }
-    r = fd_wait(conn->fd, POLLIN, deadline);
+    r = fd_again(conn, POLLIN, deadline);
     if (r != 0)
       return r;
   }
@@ -384,13 +392,7 @@ static int fd_send(uvs_conn_t* conn, const char* data, size_t len) {
       len -= (size_t) n;
       continue;
     }
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      io->error = UVS__ERR(errno);
-      return io->error;
-    }
-    r = fd_wait(conn->fd, POLLOUT, deadline);
+    r = fd_again(conn, POLLOUT, deadline);
     if (r != 0)
       return r;
   }
