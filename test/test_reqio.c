@@ -1292,6 +1292,7 @@ static int enomem_handle(uvs_conn_t* conn) {
   step(&enomem_step, 2);
   wait_step(&enomem_step, 3);
   enomem_second = uvs_recv(conn, buf, sizeof(buf));
+  step(&enomem_step, 4); /* publishes both results */
   return 0;
 }
 
@@ -1312,6 +1313,7 @@ static void sync_enomem_ends_stream(void) {
   step(&enomem_step, 3);
   ASSERT_EQ(test_wait_eof(fd, WAIT_MS), 1);
   close(fd);
+  wait_step(&enomem_step, 4);
   ASSERT_EQ(enomem_first, UV_ENOMEM);
   ASSERT_EQ(enomem_second, UV_ENOMEM);
   stop(&fx);
