@@ -157,7 +157,9 @@ typedef void (*uvs_service_actions_cb)(uvs_server_t* server);
 /* A request is about to be shut down (write side) and closed: once per
  * accepted connection, served or rejected by verify_request (not for one
  * uvs failed to take in, which reaches handle_error). `fd` is still
- * open. Runs on the loop thread, after finish in the blocking modes. */
+ * open. Runs on the loop thread, after finish in the blocking modes, except
+ * that a threading connection that ends while its handler still runs (a
+ * reset, a server close, uvs_conn_close) is shut down at that moment. */
 typedef void (*uvs_shutdown_request_cb)(uvs_server_t* server,
                                         uv_os_sock_t fd,
                                         const uvs_address_t* peer);

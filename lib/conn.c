@@ -68,6 +68,13 @@ static void sync_close(uvs_conn_t* conn) {
   bool abort;
   int r;
 
+  /* The server closed (from inside the handler): the handle is closing
+   * without the descriptor, which is still ours. */
+  if (conn->handle_closing) {
+    shutdown(conn->fd, SHUT_WR);
+    close(conn->fd);
+    return;
+  }
   r = uv_tcp_open(&conn->tcp, conn->fd);
   if (r != 0) {
     close(conn->fd);
@@ -105,18 +112,13 @@ int uvs__conn_accept(uvs_server_t* server,
     close(fd);
     return UV_ENOMEM;
   }
-  r = uv_tcp_init(server->loop, &conn->tcp);
-  if (r != 0) {
-    close(fd);
-    uvs__free(conn);
-    return r;
-  }
   conn->server = server;
   conn->peer = *peer;
   conn->fd = fd;
-  conn->id = ++server->next_conn_id;
   if (server->handler.state_size > 0)
     conn->state = (char*) conn + state_offset();
+  /* Everything that can fail comes before the handle exists: a handle,
+   * once on the loop, can only go away through uv_close. */
   if (mode != UVS_MODE_EVENT) {
     r = uvs__reqio_new(conn);
     if (r != 0) {
@@ -126,6 +128,15 @@ int uvs__conn_accept(uvs_server_t* server,
     }
     conn->io->msg.run = on_conn_msg;
   }
+  r = uv_tcp_init(server->loop, &conn->tcp);
+  if (r != 0) {
+    close(fd);
+    if (conn->io != NULL)
+      uvs__reqio_free(conn->io);
+    uvs__free(conn);
+    return r;
+  }
+  conn->id = ++server->next_conn_id;
   uv_mutex_lock(&server->conns_lock);
   uvs__list_push(&server->conns, &conn->node);
   server->nconns++;
@@ -182,9 +193,7 @@ static void notify_shutdown_request(uvs_conn_t* conn) {
   if (conn->shutdown_notified || !conn->opened)
     return;
   conn->shutdown_notified = true;
-  uvs__server_shutdown_request(conn->server,
-                               uvs_conn_fileno(conn),
-                               &conn->peer);
+  uvs__server_shutdown_request(conn->server, conn->fd, &conn->peer);
 }
 
 
@@ -230,36 +239,56 @@ static void unlink_conn(uvs_conn_t* conn) {
 }
 
 
-/* Every handle is closed. The memory goes now, or when the worker reports
- * done, or (the server closed without waiting) the worker frees it. */
-static void finish(uvs_conn_t* conn) {
+/* Gives a connection whose loop side is done to its still-running worker
+ * (the server closes without waiting for handlers), or frees it when the
+ * worker has finished meanwhile. */
+static void hand_over(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
   uint64_t id = conn->id;
   bool orphan = false;
 
+  conn->worker_ref = false;
+  uvs__mailbox_unhold(server->mailbox);
+  /* Everything the loop does with the connection happens before it is
+   * handed over: once `orphaned` is set and the lock released, the worker
+   * may free it at any moment. Cancelling under the I/O lock catches any
+   * message the worker posted (it posts under that lock, and never once
+   * orphaned). */
+  unlink_conn(conn);
+  uv_mutex_lock(&conn->io->lock);
+  if (!conn->io->done) {
+    conn->io->orphaned = true;
+    orphan = true;
+  }
+  uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
+  uv_mutex_unlock(&conn->io->lock);
+  if (orphan)
+    uvs__server_conn_done(server, id);
+  else
+    free_conn(conn);
+}
+
+
+void uvs__conn_hand_over_all(uvs_server_t* server) {
+  uvs__list_t* node;
+  uvs__list_t* next;
+  for (node = server->conns.next; node != &server->conns; node = next) {
+    uvs_conn_t* conn = container_of(node, uvs_conn_t, node);
+    next = node->next;
+    if (conn->loop_done && conn->worker_ref)
+      hand_over(conn);
+  }
+}
+
+
+/* Every handle is closed. The memory goes now, or when the worker reports
+ * done, or (the server closed without waiting) the worker frees it. */
+static void finish(uvs_conn_t* conn) {
   conn->loop_done = true;
   if (conn->worker_ref) {
-    if (!server->pool_detached)
-      return;
-    conn->worker_ref = false;
-    uvs__mailbox_unhold(server->mailbox);
-    /* Everything the loop does with the connection happens before it is
-     * handed over: once `orphaned` is set and the lock released, the
-     * worker may free it at any moment. Cancelling under the I/O lock
-     * catches any message the worker posted (it posts under that lock,
-     * and never once orphaned). */
-    unlink_conn(conn);
-    uv_mutex_lock(&conn->io->lock);
-    if (!conn->io->done) {
-      conn->io->orphaned = true;
-      orphan = true;
-    }
-    uvs__mailbox_cancel(server->mailbox, &conn->io->msg);
-    uv_mutex_unlock(&conn->io->lock);
-    if (orphan) {
-      uvs__server_conn_done(server, id);
-      return;
-    }
+    if (conn->server->pool_detached)
+      hand_over(conn);
+    return;
   }
   free_conn(conn);
 }
@@ -489,6 +518,8 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
 /* A peer over max_write_queue is not reading: waiting for it would hold
  * memory, so it is reset. */
 static void over_cap(uvs_conn_t* conn) {
+  if (conn->handle_closing)
+    return; /* the descriptor may belong to another socket by now */
   set_reset_on_close(conn);
   uvs__conn_close_now(conn, UV_ENOBUFS);
 }
@@ -508,7 +539,8 @@ static int write_common(uvs_conn_t* conn,
 
   if (conn->closing)
     return UV_EPIPE;
-  if (cap > 0 && conn->write_queued > 0 && len > cap - conn->write_queued) {
+  if (cap > 0 && conn->write_queued > 0 &&
+      (conn->write_queued >= cap || len > cap - conn->write_queued)) {
     over_cap(conn);
     return UV_ENOBUFS;
   }
@@ -634,7 +666,7 @@ static void set_reset_on_close(uvs_conn_t* conn) {
   struct linger lg;
   lg.l_onoff = 1;
   lg.l_linger = 0;
-  setsockopt(uvs_conn_fileno(conn), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  setsockopt(conn->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
 
@@ -723,10 +755,10 @@ static void on_close_timer(uv_timer_t* handle) {
 int uvs_conn_abort(uvs_conn_t* conn) {
   if (conn == NULL)
     return UV_EINVAL;
-  if (conn->io != NULL && !conn->tcp_opened)
-    return uvs__reqio_close_any(conn, true); /* sync, inside the handler */
   if (conn->io != NULL && conn->server->config.mode == UVS_MODE_THREADING)
     return uvs__reqio_close_any(conn, true);
+  if (conn->io != NULL && !conn->tcp_opened)
+    return uvs__reqio_close_any(conn, true); /* sync, inside the handler */
   abort_now(conn);
   return 0;
 }
@@ -838,6 +870,10 @@ void uvs__conn_run_job(uvs__list_t* job) {
   uvs__reqio_run(conn);
   uv_mutex_lock(&io->lock);
   orphaned = io->orphaned;
+  /* The request is over: writes from other threads now fail, and
+   * uvs_server_foreach skips it. */
+  if (io->error == 0)
+    io->error = UV_ECANCELED;
   if (!orphaned) {
     io->done = true;
     uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
@@ -890,7 +926,15 @@ void* uvs_conn_state(const uvs_conn_t* conn) {
 
 int uvs_conn_fileno(const uvs_conn_t* conn) {
   uv_os_fd_t fd;
-  /* A blocking handler's descriptor stays open until it returns. */
+  /* Sync: open while the handler runs. Threading: until the loop closes
+   * the connection (the number may then belong to another socket). */
+  if (conn->io != NULL && conn->io->threaded) {
+    bool closed;
+    uv_mutex_lock(&conn->io->lock);
+    closed = conn->io->fd_closed;
+    uv_mutex_unlock(&conn->io->lock);
+    return closed ? UV_EBADF : conn->fd;
+  }
   if (conn->io != NULL)
     return conn->fd;
   if (uv_fileno((const uv_handle_t*) &conn->tcp, &fd) != 0)

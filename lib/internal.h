@@ -357,6 +357,7 @@ typedef struct uvs__io_s {
   bool done;       /* the handler has finished */
   bool orphaned;   /* the server closed without waiting: the worker frees */
   bool threaded;   /* threading mode (else sync: fd-direct, no lock) */
+  bool fd_closed;  /* threading: the loop closed the descriptor */
   /* Copied from the server, which a detached worker may outlive. */
   uvs_request_cb setup;
   uvs_request_cb handle;
@@ -405,6 +406,9 @@ int uvs__conn_accept(uvs_server_t* server,
                      uint64_t* id);
 /* Closes at once with `status` (server close: UV_ECANCELED). */
 void uvs__conn_close_now(uvs_conn_t* conn, int status);
+/* Threading mode, server closing without waiting for handlers: hands
+ * connections whose loop side is done to their running workers. */
+void uvs__conn_hand_over_all(uvs_server_t* server);
 /* Threading mode, server closing: drops a queued job's reference. */
 void uvs__conn_cancel_job(uvs__list_t* job);
 /* Threading mode: the pool's run function. */

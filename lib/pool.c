@@ -225,9 +225,16 @@ static void worker_main(void* arg) {
     while (uvs__list_empty(&pool->jobs) && !pool->stopping) {
       int r;
       pool->nidle++;
-      r = uv_cond_timedwait(&pool->work,
-                            &pool->lock,
-                            pool->idle_ms * (uint64_t) 1000000);
+      /* An idle time beyond 2^40 ms (about 35 years) is forever: in
+       * nanoseconds it would overflow the clock arithmetic. */
+      if (pool->idle_ms > ((uint64_t) 1 << 40)) {
+        uv_cond_wait(&pool->work, &pool->lock);
+        r = 0;
+      } else {
+        r = uv_cond_timedwait(&pool->work,
+                              &pool->lock,
+                              pool->idle_ms * (uint64_t) 1000000);
+      }
       pool->nidle--;
       if (r == UV_ETIMEDOUT && uvs__list_empty(&pool->jobs))
         goto leave;

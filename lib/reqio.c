@@ -93,6 +93,7 @@ void uvs__reqio_run(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
   bool stop = false;
   bool orphaned;
+  bool cancelled;
   int err = 0;
   int r;
 
@@ -121,12 +122,14 @@ void uvs__reqio_run(uvs_conn_t* conn) {
   /* A server closed without waiting for us is no longer ours to call. */
   uv_mutex_lock(&io->lock);
   orphaned = io->orphaned;
+  cancelled = io->error == UV_ECANCELED;
   uv_mutex_unlock(&io->lock);
   if (orphaned)
     return;
   /* socketserver: an Exception reaches handle_error; SystemExit does not,
-   * and stops the server. */
-  if (err != 0)
+   * and stops the server. A handler passing on the UV_ECANCELED of a close
+   * by the server (or uvs_conn_close) reports no error of its own. */
+  if (err != 0 && !(err == UV_ECANCELED && cancelled))
     uvs__server_error(server, conn, &conn->peer, err);
   if (stop)
     uvs__server_request_stop(server);
@@ -136,6 +139,7 @@ void uvs__reqio_run(uvs_conn_t* conn) {
 void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
   uvs__io_t* io = conn->io;
   uv_mutex_lock(&io->lock);
+  io->fd_closed = true; /* the loop closes it now: uvs_conn_fileno */
   if (io->error == 0)
     io->error = err;
   uv_cond_signal(&io->cond);
@@ -146,9 +150,14 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
 /* ---- Waiting --------------------------------------------------------- */
 
 static uint64_t deadline_of(const uvs__io_t* io) {
+  uint64_t now;
   if (io->timeout_ms < 0)
     return NO_DEADLINE;
-  return uv_hrtime() + (uint64_t) io->timeout_ms * 1000000;
+  /* A timeout too long to add to the clock is no timeout. */
+  now = uv_hrtime();
+  if ((uint64_t) io->timeout_ms > (NO_DEADLINE - 1 - now) / 1000000)
+    return NO_DEADLINE;
+  return now + (uint64_t) io->timeout_ms * 1000000;
 }
 
 
@@ -179,8 +188,10 @@ static int fd_wait(int fd, short events, uint64_t deadline) {
       uint64_t now = uv_hrtime();
       if (now >= deadline)
         return UV_ETIMEDOUT;
-      /* Round up, so a short remainder does not spin at 0 ms. */
-      ms = (int) ((deadline - now + 999999) / 1000000);
+      /* Round up, so a short remainder does not spin at 0 ms; a longer
+       * one than poll takes is waited in steps. */
+      uint64_t left = (deadline - now + 999999) / 1000000;
+      ms = left > INT_MAX ? INT_MAX : (int) left;
     }
     pfd.fd = fd;
     pfd.events = events;
@@ -572,8 +583,13 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
   uvs__io_t* io = conn->io;
   int r;
 
-  if (!io->threaded)
-    return fd_send(conn, data, len);
+  if (!io->threaded) {
+    /* Sync: uvs_sendall, behind what uvs_write buffered. */
+    r = send_wbuf(conn);
+    if (r == 0)
+      r = fd_send(conn, data, len);
+    return r == UV_ECANCELED ? UV_EPIPE : r;
+  }
   uv_mutex_lock(&io->lock);
   if (io->error != 0) {
     r = io->error == UV_ECANCELED ? UV_EPIPE : io->error;

@@ -208,7 +208,9 @@ int uvs_server_new(uv_loop_t* loop,
     r = UV_ENOMEM;
     goto fail;
   }
-  if (uv_mutex_init(&server->conns_lock) != 0) {
+  /* Recursive: a uvs_server_foreach callback may close a connection, whose
+   * hooks may ask for the connection count on the same thread. */
+  if (uv_mutex_init_recursive(&server->conns_lock) != 0) {
     uv_mutex_destroy(&server->lock);
     r = UV_ENOMEM;
     goto fail;
@@ -548,6 +550,10 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
    * (conn.c), and the pool is detached at the end. */
   server->pool_detached =
       server->pool != NULL && !server_waits_for_handlers(server);
+  /* Connections the loop closed before (a reset, a close from the handler)
+   * wait for their worker: hand them over now. */
+  if (server->pool_detached)
+    uvs__conn_hand_over_all(server);
 
   /* Run the loop here unless a caller's callback is on the stack (the loop
    * is running then) and the loop is not ours; an owned loop is run by
@@ -765,7 +771,10 @@ static void on_stop_msg(uvs__msg_t* msg) {
 
 void uvs__server_request_stop(uvs_server_t* server) {
   uv_mutex_lock(&server->lock);
-  server->stop_status = UVS_ESTOP;
+  /* The result belongs to the serve_forever or handle_request that runs;
+   * with none running it would surface in an unrelated later call. */
+  if (server->running || server->serve_state == UVS__SERVING)
+    server->stop_status = UVS_ESTOP;
   switch (server->serve_state) {
   case UVS__IDLE_NEW:
     if (!server->running)
