@@ -10,16 +10,25 @@
  * request I/O or still running (block_on_close, daemon_threads), shutdown
  * from a handler, fan-out with uvs_server_foreach and max_write_queue, an
  * asynchronous close on the caller's loop, and two servers sharing one
- * loop's mailbox.
+ * loop's mailbox. Then the edges a review found (each case failed before
+ * its fix): an accept that runs out of memory, an idle time of
+ * UINT64_MAX, a sync server closed from its handler, a late UVS_ESTOP, a
+ * close's UV_ECANCELED passed on by a handler, a close without waiting
+ * after the loop closed a busy handler's connection, uvs_conn_fileno after
+ * that, foreach and writes after a handler returned, a late write-cap
+ * cut-off, the event-mode cap after a nocopy write, and a foreach callback
+ * whose close runs a hook that counts connections.
  *
  * Threads: serve_forever runs on a pthread while the test thread plays the
- * clients, or on the test thread while a client pthread connects. Handlers
- * find the case's context through uvs_server_get_data, stashed in their
- * per-request state on first use, so a handler that outlives its server
- * (block_on_close 0) never touches the server again. What handlers and
- * hooks record is atomic or under the context's lock. Every client
- * operation is bounded by a timeout, and no case asserts a tight timing:
- * the bounds allow for a loaded two-core machine under TSan.
+ * clients, or on the test thread while a client pthread connects; cases that
+ * must order the loop's steps against their own start the server on a loop
+ * the test thread runs (RUN_UNTIL). Handlers find the case's context through
+ * uvs_server_get_data, stashed in their per-request state on first use, so a
+ * handler that outlives its server (block_on_close 0) never touches the
+ * server again. What handlers and hooks record is atomic or under the
+ * context's lock. Every client operation is bounded by a timeout, and no
+ * case asserts a tight timing: the bounds allow for a loaded two-core
+ * machine under TSan.
  */
 #define TEST_CASE_TIMEOUT 60
 #include "test.h"
@@ -69,11 +78,22 @@ typedef struct {
   atomic_int close_other;     /* set: service_actions closes `other` */
   atomic_int other_closed;
   uvs_server_t* other;
-  int hold_ms;             /* handlers sleep this long outside uvs */
-  int setup_result;        /* returned by fail_setup */
-  int handle_result;       /* returned by fail_handle */
-  int timeout_result;      /* returned by handle_timeout */
-  unsigned long long sink; /* fan-out: the connection that never reads */
+  atomic_int release;        /* held handlers may return */
+  atomic_int reset_seen;     /* the handler's uvs_recv saw the reset */
+  atomic_int recv_result;    /* what that uvs_recv returned */
+  atomic_int fd_before;      /* uvs_conn_fileno in the handler: first, */
+  atomic_int fd_after;       /* and once the loop closed the connection */
+  atomic_int handle_return;  /* what handle() returned */
+  atomic_int close_result;   /* uvs_server_close from inside handle() */
+  atomic_int server_closed;  /* its callback ran */
+  atomic_int frees;          /* nocopy free callbacks */
+  atomic_int hook_count;     /* connection count in shutdown_request */
+  _Atomic(uvs_conn_t*) conn; /* the case's one connection */
+  int hold_ms;               /* handlers sleep this long outside uvs */
+  int setup_result;          /* returned by fail_setup */
+  int handle_result;         /* returned by fail_handle */
+  int timeout_result;        /* returned by handle_timeout */
+  unsigned long long sink;   /* fan-out: the connection that never reads */
   gate_t gate;
   pthread_mutex_t lock; /* guards the fields below */
   char log[32];         /* one letter per step, in order */
@@ -214,6 +234,22 @@ static int count_timeout(uvs_server_t* server) {
   ctx_t* ctx = uvs_server_get_data(server);
   atomic_fetch_add(&ctx->timeouts, 1);
   return ctx->timeout_result;
+}
+
+/* shutdown_request that also asks for the connection count, which takes
+ * the server's connection lock (event mode: on the loop thread, possibly
+ * inside uvs_server_foreach). */
+static void count_in_shutdown_request(uvs_server_t* server,
+                                      uv_os_sock_t fd,
+                                      const uvs_address_t* peer) {
+  ctx_t* ctx = uvs_server_get_data(server);
+  atomic_store(&ctx->hook_count, (int) uvs_server_connection_count(server));
+  record_shutdown_request(server, fd, peer);
+}
+
+static void record_server_closed(uvs_server_t* server) {
+  ctx_t* ctx = uvs_server_get_data(server);
+  atomic_store(&ctx->server_closed, 1);
 }
 
 /* In service_actions, on the loop thread: close the other server that
@@ -425,6 +461,111 @@ static int fanout_handle(uvs_conn_t* conn) {
 }
 
 
+/* Works outside uvs until the test sets `release`, or IO_TIMEOUT passed
+ * (a case that fails never leaves a worker behind for long). */
+static void hold_until_released(ctx_t* ctx) {
+  uint64_t deadline = test_now_ms() + IO_TIMEOUT;
+  while (!atomic_load(&ctx->release) && test_now_ms() < deadline)
+    usleep(1000);
+}
+
+/* Reads the client's byte, then waits in uvs_recv for the peer's reset;
+ * then works outside uvs until released and asks for its descriptor. */
+static int reset_then_hold_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char c;
+  ssize_t n;
+
+  atomic_store(&ctx->fd_before, uvs_conn_fileno(conn));
+  n = uvs_recv(conn, &c, 1);
+  ASSERT_EQ(n, 1);
+  enter(ctx);
+  n = uvs_recv(conn, &c, 1);
+  atomic_store(&ctx->recv_result, (int) n);
+  atomic_store(&ctx->reset_seen, 1);
+  hold_until_released(ctx);
+  atomic_store(&ctx->fd_after, uvs_conn_fileno(conn));
+  leave(ctx);
+  return 0;
+}
+
+/* The README's handler: it passes request I/O errors on, the UV_ECANCELED
+ * of a server close included. */
+static int readme_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char line[LINE_MAX_LEN];
+  ssize_t n;
+  int r = 0;
+
+  enter(ctx);
+  while ((n = uvs_readline(conn, line, sizeof(line))) > 0) {
+    r = uvs_sendall(conn, line, (size_t) n);
+    if (r != 0)
+      break;
+  }
+  if (r == 0)
+    r = n < 0 ? (int) n : 0;
+  atomic_store(&ctx->handle_return, r);
+  leave(ctx);
+  return r;
+}
+
+/* Publishes its connection and returns at once. */
+static int stash_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  atomic_store(&ctx->conn, conn);
+  enter(ctx);
+  leave(ctx);
+  return 0;
+}
+
+/* More than the loopback socket buffers hold, for a peer that does not
+ * read. */
+#define BIG_SIZE ((size_t) 8 << 20)
+static char big[BIG_SIZE];
+
+/* Publishes its connection, then sends BIG_SIZE bytes to a client that
+ * never reads: it waits in uvs_sendall until the server cuts it off. */
+static int sendall_big_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  int r;
+
+  atomic_store(&ctx->conn, conn);
+  enter(ctx);
+  r = uvs_sendall(conn, big, BIG_SIZE);
+  leave(ctx);
+  return end_of(ctx, r);
+}
+
+/* The first request waits until released and then returns UVS_ESTOP;
+ * the ones after it echo a line. */
+static int late_estop_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char line[LINE_MAX_LEN];
+  ssize_t n;
+
+  if (atomic_fetch_add(&ctx->entered, 1) == 0) {
+    hold_until_released(ctx);
+    return UVS_ESTOP;
+  }
+  n = uvs_readline(conn, line, sizeof(line));
+  if (n > 0)
+    n = uvs_sendall(conn, line, (size_t) n);
+  return end_of(ctx, n);
+}
+
+/* Sync mode: closes the whole server from inside handle(), with a
+ * callback, as a uvs callback must. */
+static int close_server_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  enter(ctx);
+  atomic_store(&ctx->close_result,
+               uvs_server_close(uvs_conn_server(conn), record_server_closed));
+  leave(ctx);
+  return 0;
+}
+
+
 /* ---- Fixtures -------------------------------------------------------- */
 
 static uvs_config_t blocking_config(uvs_mode_t mode) {
@@ -501,11 +642,59 @@ static void serve_stop_and_close(serve_thread_t* t, uvs_server_t* server) {
  } while (0)
 
 
+/* WAIT_UNTIL for a case whose test thread runs the server's loop: the
+ * condition is checked between loop iterations, never during one. */
+#define RUN_UNTIL(loop, cond, timeout_ms)                               \
+ do {                                                                   \
+  uint64_t run_deadline_ = test_now_ms() + (uint64_t) (timeout_ms);     \
+  while (!(cond)) {                                                     \
+   if (test_now_ms() >= run_deadline_)                                  \
+    TEST__FAIL("ran the loop %d ms for %s", (int) (timeout_ms), #cond); \
+   uv_run((loop), UV_RUN_NOWAIT);                                       \
+   usleep(500);                                                         \
+  }                                                                     \
+ } while (0)
+
+
+/* Every connection still on the server's list has all its handles closed
+ * (the loop is done with it; a worker may still hold it). Loop thread. */
+static int conns_loop_done(uvs_server_t* server) {
+  uvs__list_t* node;
+  int done = 1;
+
+  uv_mutex_lock(&server->conns_lock);
+  for (node = server->conns.next; node != &server->conns; node = node->next)
+    done = done && container_of(node, uvs_conn_t, node)->loop_done;
+  uv_mutex_unlock(&server->conns_lock);
+  return done;
+}
+
+/* Bytes the loop took from a threading connection and has not yet seen
+ * sent: above 0, the socket has refused bytes. */
+static size_t conn_inflight(uvs_conn_t* conn) {
+  size_t n;
+  uv_mutex_lock(&conn->io->lock);
+  n = conn->io->inflight;
+  uv_mutex_unlock(&conn->io->lock);
+  return n;
+}
+
+
 /* Live workers of a threading server's pool. */
 static unsigned live_workers(uvs_server_t* server) {
   unsigned n;
   uv_mutex_lock(&server->pool->lock);
   n = server->pool->nthreads;
+  uv_mutex_unlock(&server->pool->lock);
+  return n;
+}
+
+/* Workers waiting for a request: such a worker has finished everything
+ * of its last one, what its handler returned included. */
+static unsigned idle_workers(uvs_server_t* server) {
+  unsigned n;
+  uv_mutex_lock(&server->pool->lock);
+  n = server->pool->nidle;
   uv_mutex_unlock(&server->pool->lock);
   return n;
 }
@@ -579,6 +768,13 @@ static int try_connect(int port) {
   return r;
 }
 
+/* Closes a client with a TCP reset instead of a FIN. */
+static void reset_close(int fd) {
+  struct linger lg = { 1, 0 };
+  ASSERT_OK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)));
+  close(fd);
+}
+
 static int local_port(int fd) {
   struct sockaddr_in in;
   socklen_t len = sizeof(in);
@@ -649,6 +845,7 @@ typedef struct {
   int port;
   const char* msg;
   atomic_int local_port;
+  atomic_int done; /* closed its socket: join it without waiting */
 } client_thread_t;
 
 static void* client_main(void* arg) {
@@ -660,6 +857,7 @@ static void* client_main(void* arg) {
     ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
   }
   close(fd);
+  atomic_store(&c->done, 1);
   return NULL;
 }
 
@@ -667,6 +865,7 @@ static void client_start(client_thread_t* c, int port, const char* msg) {
   c->port = port;
   c->msg = msg;
   atomic_store(&c->local_port, 0);
+  atomic_store(&c->done, 0);
   ASSERT_OK(pthread_create(&c->thread, NULL, client_main, c));
 }
 
@@ -794,6 +993,52 @@ static void many_clients(void) {
   /* shutdown_request runs on the loop after the worker reports done. */
   WAIT_UNTIL(atomic_load(&ctx.shutdown_requests) == MANY, IO_TIMEOUT);
   serve_stop_and_close(&t, server);
+  ctx_destroy(&ctx);
+}
+
+
+/* ---- Accepting ------------------------------------------------------ */
+
+/* Threading mode: the connection is allocated, then its request side
+ * fails for lack of memory. That reaches handle_error (with no connection)
+ * and closes the client; nothing freed is left on the loop (ASan: the next
+ * accept links its handle after it; uv_loop_close would find it), and the
+ * server serves the next client and closes cleanly. */
+static void accept_out_of_memory(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_handler_t handler = blocking_handler(echo_one_handle);
+  uvs_server_t* server;
+  client_thread_t c;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int port;
+  int fd;
+
+  ctx_init(&ctx);
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  port = test_server_port(server);
+  ASSERT_OK(uvs_server_start(server));
+
+  fd = connect_client(port);
+  uvs__alloc_fail_after(1); /* the connection: yes; its request side: no */
+  RUN_UNTIL(&loop, atomic_load(&ctx.errors) == 1, IO_TIMEOUT);
+  uvs__alloc_fail_after(-1);
+  ASSERT_ERR(atomic_load(&ctx.error_status), UV_ENOMEM);
+  ASSERT_EQ(atomic_load(&ctx.error_had_conn), 0);
+  ASSERT_EQ(atomic_load(&ctx.error_port), local_port(fd));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  ASSERT_EQ(atomic_load(&ctx.entered), 0);
+  ASSERT_EQ(atomic_load(&ctx.shutdown_requests), 0);
+
+  client_start(&c, port, "next\n");
+  RUN_UNTIL(&loop, atomic_load(&c.done) == 1, IO_TIMEOUT);
+  client_join(&c);
+  ASSERT_EQ(atomic_load(&ctx.finished), 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 1);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
   ctx_destroy(&ctx);
 }
 
@@ -936,6 +1181,34 @@ static void elastic_pool(void) {
 }
 
 
+/* thread_idle_ms = UINT64_MAX is forever, not a wrapped zero: the worker
+ * of a finished request is still alive and waiting a while later. */
+static void idle_worker_kept(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_handler_t handler = blocking_handler(echo_one_handle);
+  serve_thread_t t;
+  uvs_server_t* server;
+  ctx_t ctx;
+  int port;
+
+  ctx_init(&ctx);
+  config.thread_idle_ms = UINT64_MAX;
+  server = make_server(NULL, &handler, &config, &ctx);
+  port = test_server_port(server);
+  serve_start(&t, server);
+  one_request(port, "x\n");
+  WAIT_UNTIL(atomic_load(&ctx.finished) == 1, IO_TIMEOUT);
+  usleep(300 * 1000);
+  ASSERT_EQ(live_workers(server), 1);
+  one_request(port, "y\n");
+  WAIT_UNTIL(atomic_load(&ctx.finished) == 2, IO_TIMEOUT);
+  ASSERT_EQ(live_workers(server), 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  serve_stop_and_close(&t, server);
+  ctx_destroy(&ctx);
+}
+
+
 /* bpo-37193: the pool's bookkeeping is bounded by the workers alive at
  * once, not by the requests served. 10 000 sequential requests (connect,
  * one line, close) leave a handful of thread records, never thousands. */
@@ -1047,6 +1320,37 @@ static void sync_serializes(void) {
   ASSERT_EQ(atomic_load(&ctx.max_inflight), 1);
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   serve_stop_and_close(&t, server);
+  ctx_destroy(&ctx);
+}
+
+
+/* Sync mode, uvs_server_close(server, cb) from inside handle() on the
+ * caller's loop: it returns 0 at once, finish still runs, the callback
+ * follows on the loop, the client sees the connection end, and no
+ * descriptor is left open (the harness counts them). */
+static void sync_close_from_handler(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_SYNC);
+  uvs_handler_t handler = blocking_handler(close_server_handle);
+  uvs_server_t* server;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int fd;
+
+  ctx_init(&ctx);
+  atomic_store(&ctx.close_result, -1);
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_client(test_server_port(server));
+  RUN_UNTIL(&loop, atomic_load(&ctx.server_closed) == 1, IO_TIMEOUT);
+  ASSERT_OK(atomic_load(&ctx.close_result));
+  ASSERT_EQ(atomic_load(&ctx.left), 1);
+  ASSERT_EQ(atomic_load(&ctx.finished), 1);
+  ASSERT_EQ(atomic_load(&ctx.shutdown_requests), 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  test_loop_close(&loop);
   ctx_destroy(&ctx);
 }
 
@@ -1232,6 +1536,58 @@ static void setup_fails(void) {
 }
 
 
+/* A handler's UVS_ESTOP that comes after serve_forever has returned
+ * belongs to no call: the next handle_request, or the next serve_forever,
+ * serves a request that returns 0 and returns 0 itself. */
+static void late_estop_not_reported(void) {
+  static const drive_t drives[] = { DRIVE_HANDLE_REQUEST, DRIVE_SERVE_FOREVER };
+  size_t d;
+
+  for (d = 0; d < ARRAY_SIZE(drives); d++) {
+    uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+    uvs_handler_t handler = blocking_handler(late_estop_handle);
+    uvs_server_t* server;
+    serve_thread_t t;
+    client_thread_t c;
+    ctx_t ctx;
+    int port;
+    int fd;
+
+    ctx_init(&ctx);
+    server = make_server(NULL, &handler, &config, &ctx);
+    port = test_server_port(server);
+    serve_start(&t, server);
+    fd = connect_client(port);
+    WAIT_UNTIL(atomic_load(&ctx.entered) == 1, IO_TIMEOUT);
+    ASSERT_OK(uvs_server_shutdown(server));
+    ASSERT_OK(serve_join(&t));
+
+    /* The handler returns UVS_ESTOP with nothing running; once its
+     * worker is idle again, that has been reported. */
+    atomic_store(&ctx.release, 1);
+    WAIT_UNTIL(atomic_load(&ctx.finished) == 1, IO_TIMEOUT);
+    WAIT_UNTIL(idle_workers(server) == 1, IO_TIMEOUT);
+    close(fd);
+
+    if (drives[d] == DRIVE_HANDLE_REQUEST) {
+      client_start(&c, port, "after\n");
+      ASSERT_OK(uvs_server_handle_request(server));
+      client_join(&c);
+    } else {
+      serve_start(&t, server);
+      one_request(port, "after\n");
+      WAIT_UNTIL(atomic_load(&ctx.finished) == 2, IO_TIMEOUT);
+      ASSERT_OK(uvs_server_shutdown(server));
+      ASSERT_OK(serve_join(&t));
+    }
+    ASSERT_EQ(atomic_load(&ctx.finished), 2);
+    ASSERT_EQ(atomic_load(&ctx.errors), 0);
+    ASSERT_OK(uvs_server_close(server, NULL));
+    ctx_destroy(&ctx);
+  }
+}
+
+
 /* ---- Closing with handlers running ----------------------------------- */
 
 /* Several clients connected and silent, their handlers blocked in
@@ -1275,6 +1631,49 @@ static void close_cancels_blocked_recv(void) {
     ASSERT_EQ(test_wait_eof(fds[i], IO_TIMEOUT), 1);
     close(fds[i]);
   }
+  ctx_destroy(&ctx);
+}
+
+
+/* The README's handler passes on the UV_ECANCELED its uvs_readline got
+ * from a server close: that is the server's doing, not an error of the
+ * request, so handle_error does not run. A handler that returns
+ * UV_ECANCELED of its own accord (no close) still reaches it. */
+static void close_cancel_not_an_error(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_handler_t handler = blocking_handler(readme_handle);
+  serve_thread_t t;
+  uvs_server_t* server;
+  ctx_t ctx;
+  int port;
+  int fd;
+
+  ctx_init(&ctx);
+  server = make_server(NULL, &handler, &config, &ctx);
+  serve_start(&t, server);
+  fd = connect_client(test_server_port(server));
+  echo_check(fd, "hello\n");
+  ASSERT_OK(uvs_server_shutdown(server));
+  ASSERT_OK(serve_join(&t));
+  ASSERT_OK(uvs_server_close(server, NULL));
+  ASSERT_EQ(atomic_load(&ctx.left), 1);
+  ASSERT_ERR(atomic_load(&ctx.handle_return), UV_ECANCELED);
+  ASSERT_EQ(atomic_load(&ctx.finished), 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_EQ(atomic_load(&ctx.shutdown_requests), 1);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  ctx_destroy(&ctx);
+
+  ctx_init(&ctx);
+  ctx.handle_result = UV_ECANCELED;
+  ASSERT_OK(run_error_case(&ctx,
+                           UVS_MODE_THREADING,
+                           NULL,
+                           DRIVE_HANDLE_REQUEST,
+                           &port));
+  ctx_log_equals(&ctx, "HFER");
+  ASSERT_ERR(atomic_load(&ctx.error_status), UV_ECANCELED);
   ctx_destroy(&ctx);
 }
 
@@ -1353,6 +1752,91 @@ static void close_does_not_wait(void) {
     ASSERT_EQ(atomic_load(&ctx.errors), 0);
     ctx_destroy(&ctx);
   }
+}
+
+
+/* A client sends a byte and then resets the connection while its handler
+ * works outside uvs; the test runs the loop until the loop has closed
+ * the connection (all its handles) and returns with the handler still
+ * held. */
+static uvs_server_t* reset_under_busy_handler(uv_loop_t* loop,
+                                              uvs_config_t* config,
+                                              ctx_t* ctx) {
+  uvs_handler_t handler = blocking_handler(reset_then_hold_handle);
+  uvs_server_t* server;
+  int fd;
+
+  ASSERT_OK(uv_loop_init(loop));
+  server = make_server(loop, &handler, config, ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_client(test_server_port(server));
+  test_send_all(fd, "x", 1);
+  RUN_UNTIL(loop, atomic_load(&ctx->entered) == 1, IO_TIMEOUT);
+  ASSERT_GE(atomic_load(&ctx->fd_before), 0);
+  reset_close(fd);
+  RUN_UNTIL(loop,
+            atomic_load(&ctx->reset_seen) == 1 && conns_loop_done(server),
+            IO_TIMEOUT);
+  ASSERT_ERR(atomic_load(&ctx->recv_result), UV_ECONNRESET);
+  ASSERT_EQ(atomic_load(&ctx->left), 0);
+  return server;
+}
+
+/* block_on_close = 0, and daemon_threads = 1: server_close does not wait
+ * for a busy handler also when the loop had closed that handler's
+ * connection already (the peer reset it). The handler is still held when
+ * close returns; released, it finishes on its own and its thread exits. */
+static void daemon_close_after_reset(void) {
+  static const int modes[][2] = { { 0, 0 }, { 1, 1 } };
+  size_t m;
+
+  for (m = 0; m < ARRAY_SIZE(modes); m++) {
+    uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+    uvs_server_t* server;
+    uv_loop_t loop;
+    ctx_t ctx;
+    int tasks;
+
+    ctx_init(&ctx);
+    tasks = thread_baseline();
+    config.block_on_close = modes[m][0];
+    config.daemon_threads = modes[m][1];
+    server = reset_under_busy_handler(&loop, &config, &ctx);
+    ASSERT_OK(uvs_server_close(server, NULL));
+    ASSERT_EQ(atomic_load(&ctx.left), 0);
+    atomic_store(&ctx.release, 1);
+    WAIT_UNTIL(atomic_load(&ctx.finished) == 1, IO_TIMEOUT);
+    WAIT_UNTIL(count_tasks() == tasks, IO_TIMEOUT);
+    ASSERT_EQ(atomic_load(&ctx.errors), 0);
+    test_loop_close(&loop);
+    ctx_destroy(&ctx);
+  }
+}
+
+/* Once the loop has closed a threading connection, uvs_conn_fileno in its
+ * still-running handler returns UV_EBADF, never the old number, which a
+ * socket opened meanwhile may have taken. */
+static void fileno_after_reset(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_server_t* server;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int other;
+
+  ctx_init(&ctx);
+  server = reset_under_busy_handler(&loop, &config, &ctx);
+  other = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(other, 0);
+  if (other == atomic_load(&ctx.fd_before))
+    printf("# descriptor %d was reused meanwhile\n", other);
+  atomic_store(&ctx.release, 1);
+  RUN_UNTIL(&loop, atomic_load(&ctx.finished) == 1, IO_TIMEOUT);
+  ASSERT_ERR(atomic_load(&ctx.fd_after), UV_EBADF);
+  close(other);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  ctx_destroy(&ctx);
 }
 
 
@@ -1585,6 +2069,114 @@ static void fan_out_slow_reader(void) {
 }
 
 
+static void count_visit(uvs_conn_t* conn, void* arg) {
+  (*(int*) arg)++;
+}
+
+/* Once its handler has returned, a connection is closing (its FIN sent,
+ * lingering for the peer's): uvs_server_foreach no longer visits it, and a
+ * uvs_conn_write to it returns UV_EPIPE instead of accepting bytes that
+ * will never go out. The test thread runs the loop, so the connection,
+ * still counted, cannot be freed while the test holds it. */
+static void foreach_skips_finished(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_handler_t handler = blocking_handler(stash_handle);
+  uvs_server_t* server;
+  uvs_conn_t* conn;
+  uv_loop_t loop;
+  char buf[16];
+  int visited = 0;
+  ctx_t ctx;
+  int fd;
+
+  ctx_init(&ctx);
+  config.close_linger_ms = 4 * IO_TIMEOUT;
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_client(test_server_port(server));
+  RUN_UNTIL(&loop, atomic_load(&ctx.shutdown_requests) == 1, IO_TIMEOUT);
+  ASSERT_EQ(atomic_load(&ctx.finished), 1);
+  ASSERT_EQ(uvs_server_connection_count(server), 1);
+  conn = atomic_load(&ctx.conn);
+  ASSERT_EQ(uvs_server_foreach(server, count_visit, &visited), 0);
+  ASSERT_EQ(visited, 0);
+  ASSERT_ERR(uvs_conn_write(conn, "late\n", 5), UV_EPIPE);
+
+  RUN_UNTIL(&loop, readable_within(fd, 0), IO_TIMEOUT);
+  ASSERT_EQ(recv(fd, buf, sizeof(buf), 0), 0);
+  close(fd);
+  RUN_UNTIL(&loop, uvs_server_connection_count(server) == 0, IO_TIMEOUT);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  ctx_destroy(&ctx);
+}
+
+
+/* Threading, max_write_queue = 1, a client that never reads: a
+ * uvs_conn_write past the cap posts the cut-off (SO_LINGER 0, then
+ * close) to the loop; the server closes the connection before the loop
+ * runs that. By then a socket opened meanwhile may have the connection's
+ * old descriptor number, and the late cut-off must leave it alone. The
+ * test thread runs the loop, so the order is fixed. */
+static void over_cap_after_close(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_THREADING);
+  uvs_handler_t handler = blocking_handler(sendall_big_handle);
+  uvs_server_t* server;
+  struct linger lg;
+  socklen_t len = sizeof(lg);
+  uvs_conn_t* conn;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int victim = -1;
+  int conn_fd;
+  int fd;
+
+  ctx_init(&ctx);
+  config.max_write_queue = 1;
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_rcvbuf(test_server_port(server), 4096);
+  RUN_UNTIL(&loop,
+            atomic_load(&ctx.conn) != NULL &&
+                conn_inflight(atomic_load(&ctx.conn)) > 0,
+            IO_TIMEOUT);
+  conn = atomic_load(&ctx.conn);
+  conn_fd = uvs_conn_fileno(conn);
+  ASSERT_GE(conn_fd, 0);
+  ASSERT_ERR(uvs_conn_write(conn, "x", 1), UV_ENOBUFS);
+
+  ASSERT_OK(uvs_server_close(server, record_server_closed));
+  /* The close has closed the descriptor (or it is still open, and nothing
+   * can have its number): a new socket takes the number. */
+  if (fcntl(conn_fd, F_GETFD) == -1 && errno == EBADF) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(s, 0);
+    victim = dup2(s, conn_fd);
+    ASSERT_EQ(victim, conn_fd);
+    close(s);
+  } else {
+    printf("# descriptor %d is still open after close\n", conn_fd);
+  }
+  ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ASSERT_EQ(atomic_load(&ctx.server_closed), 1);
+  if (victim >= 0) {
+    ASSERT_OK(getsockopt(victim, SOL_SOCKET, SO_LINGER, &lg, &len));
+    ASSERT_EQ(lg.l_onoff, 0);
+    close(victim);
+  }
+  ASSERT_EQ(atomic_load(&ctx.cancelled), 1);
+  ASSERT_EQ(atomic_load(&ctx.finished), 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  test_loop_close(&loop);
+  ctx_destroy(&ctx);
+}
+
+
 /* ---- Event mode's write cap ------------------------------------------ */
 
 #define EVENT_CAP   ((size_t) 64 * 1024)
@@ -1699,6 +2291,102 @@ static void event_max_write_queue(void) {
   ASSERT_EQ(atomic_load(&ctx.close_status[2]), 0);
   ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
   close(fd);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  ctx_destroy(&ctx);
+}
+
+
+static void count_free(void* data, void* arg) {
+  ctx_t* ctx = arg;
+  atomic_fetch_add(&ctx->frees, 1);
+}
+
+/* A nocopy write is not capped, and a large one takes the queue past
+ * max_write_queue; the next copying write must still see the cap (not
+ * wrap around it): UV_ENOBUFS, then UV_EPIPE. The nocopy buffer is
+ * released once, and on_close gets UV_ENOBUFS. */
+static void nocopy_on_open(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+
+  ASSERT_OK(uvs_conn_write_nocopy(conn, big, BIG_SIZE, count_free, ctx));
+  ASSERT_GT(uvs_conn_write_queue_size(conn), EVENT_CAP);
+  ASSERT_ERR(uvs_conn_write(conn, big, EVENT_CHUNK), UV_ENOBUFS);
+  ASSERT_ERR(uvs_conn_write(conn, big, 1), UV_EPIPE);
+  atomic_fetch_add(&ctx->opened, 1);
+}
+
+static void event_cap_after_nocopy(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_EVENT);
+  uvs_handler_t handler;
+  uvs_server_t* server;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int fd;
+
+  ctx_init(&ctx);
+  memset(&handler, 0, sizeof(handler));
+  handler.state_size = sizeof(ctx_t*);
+  handler.on_open = nocopy_on_open;
+  handler.on_close = cap_on_close;
+  config.max_write_queue = EVENT_CAP;
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_rcvbuf(test_server_port(server), 4096);
+  run_until(&loop, &ctx.closed, 1);
+  ASSERT_EQ(atomic_load(&ctx.opened), 1);
+  ASSERT_ERR(atomic_load(&ctx.close_status[1]), UV_ENOBUFS);
+  ASSERT_EQ(atomic_load(&ctx.frees), 1);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  ctx_destroy(&ctx);
+}
+
+
+static void count_open(uvs_conn_t* conn) {
+  atomic_fetch_add(&ctx_of(conn)->opened, 1);
+}
+
+static void close_each(uvs_conn_t* conn, void* arg) {
+  ASSERT_OK(uvs_conn_close(conn));
+}
+
+/* Event mode: a uvs_server_foreach callback closes its connection, and
+ * the shutdown_request hook that runs asks for the connection count: the
+ * same thread takes the connection lock again, which must not deadlock
+ * (a deadlock here ends the case at its timeout). */
+static void foreach_close_hook_counts(void) {
+  uvs_config_t config = blocking_config(UVS_MODE_EVENT);
+  uvs_handler_t handler;
+  uvs_server_t* server;
+  uv_loop_t loop;
+  ctx_t ctx;
+  int fd;
+
+  ctx_init(&ctx);
+  atomic_store(&ctx.hook_count, -1);
+  memset(&handler, 0, sizeof(handler));
+  handler.state_size = sizeof(ctx_t*);
+  handler.on_open = count_open;
+  handler.on_close = cap_on_close;
+  config.hooks.shutdown_request = count_in_shutdown_request;
+  ASSERT_OK(uv_loop_init(&loop));
+  server = make_server(&loop, &handler, &config, &ctx);
+  ASSERT_OK(uvs_server_start(server));
+  fd = connect_client(test_server_port(server));
+  run_until(&loop, &ctx.opened, 1);
+  ASSERT_EQ(uvs_server_foreach(server, close_each, NULL), 1);
+  run_until(&loop, &ctx.shutdown_requests, 1);
+  ASSERT_EQ(atomic_load(&ctx.hook_count), 1);
+  RUN_UNTIL(&loop, readable_within(fd, 0), IO_TIMEOUT);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  run_until(&loop, &ctx.closed, 1);
+  ASSERT_EQ(atomic_load(&ctx.close_status[1]), 0);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ASSERT_OK(uvs_server_close(server, NULL));
   test_loop_close(&loop);
   ctx_destroy(&ctx);
@@ -1829,22 +2517,33 @@ static void two_servers_one_loop(void) {
 
 static const test_case_t cases[] = {
   { "many_clients", many_clients },
+  { "accept_out_of_memory", accept_out_of_memory },
   { "max_threads_fifo", max_threads_fifo },
   { "elastic_pool", elastic_pool },
+  { "idle_worker_kept", idle_worker_kept },
   { "bookkeeping_bounded", bookkeeping_bounded },
   { "threads_reaped", threads_reaped },
   { "sync_serializes", sync_serializes },
+  { "sync_close_from_handler", sync_close_from_handler },
   { "handle_request_timeout", handle_request_timeout },
   { "error_handled", error_handled },
   { "estop_not_handled", estop_not_handled },
   { "setup_fails", setup_fails },
+  { "late_estop_not_reported", late_estop_not_reported },
   { "close_cancels_blocked_recv", close_cancels_blocked_recv },
+  { "close_cancel_not_an_error", close_cancel_not_an_error },
   { "block_on_close_waits", block_on_close_waits },
   { "close_does_not_wait", close_does_not_wait },
+  { "daemon_close_after_reset", daemon_close_after_reset },
+  { "fileno_after_reset", fileno_after_reset },
   { "shutdown_from_handler", shutdown_from_handler },
   { "fan_out", fan_out },
   { "fan_out_slow_reader", fan_out_slow_reader },
+  { "foreach_skips_finished", foreach_skips_finished },
+  { "over_cap_after_close", over_cap_after_close },
   { "event_max_write_queue", event_max_write_queue },
+  { "event_cap_after_nocopy", event_cap_after_nocopy },
+  { "foreach_close_hook_counts", foreach_close_hook_counts },
   { "async_close_waits_for_worker", async_close_waits_for_worker },
   { "two_servers_one_loop", two_servers_one_loop },
 };

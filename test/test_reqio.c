@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Request I/O (lib/reqio.c), socketserver's rfile and wfile, over real
- * loopback connections: uvs_readline (pieces, the size cap, EOF, CRLF,
- * bad sizes), uvs_recv, uvs_read_exact, the request timeout, uvs_write's
- * buffer and uvs_flush, TCP_NODELAY, UV_ENOTSUP in event mode, threading
- * mode's backpressure and bounded memory, a peer reset while a handler
- * waits, a close that cancels a waiting handler, and CPython's
- * SocketWriterTest.test_write. Each behaviour runs in both blocking modes
- * (a `_threading` and a `_sync` case) unless it only makes sense in one.
+ * loopback connections: uvs_readline (pieces, the size cap, EOF, CRLF, bad
+ * sizes), uvs_recv, uvs_read_exact, the request timeout (INT64_MAX
+ * included), uvs_write's buffer and uvs_flush, uvs_conn_write from the
+ * handler (behind the buffer, and after uvs_conn_close), TCP_NODELAY,
+ * UV_ENOTSUP in event mode, threading mode's backpressure and bounded
+ * memory, a peer reset while a handler waits, a close that cancels a waiting
+ * handler, and CPython's SocketWriterTest.test_write. Each behaviour runs in
+ * both blocking modes (a `_threading` and a `_sync` case) unless it only
+ * makes sense in one.
  *
  * Threads: each case makes its own server on an owned loop and runs
  * serve_forever on a pthread (handle_request on the test thread for the
@@ -699,6 +701,54 @@ static void request_timeout_per_request(uvs_mode_t mode) {
 BOTH(request_timeout_per_request)
 
 
+/* request_timeout_ms = INT64_MAX is practically forever: it must not wrap
+ * to a deadline in the past. uvs_recv waits for a byte the client sends
+ * 300 ms later; uvs_conn_set_timeout(INT64_MAX) does the same. */
+static int forever_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  uint64_t start;
+  char c;
+
+  start = test_now_ms();
+  step(&ctx->server_step, 1);
+  ASSERT_EQ(uvs_recv(conn, &c, 1), 1);
+  ASSERT_EQ(c, 'a');
+  ASSERT_OK(uvs_conn_set_timeout(conn, INT64_MAX));
+  step(&ctx->server_step, 2);
+  ASSERT_EQ(uvs_recv(conn, &c, 1), 1);
+  ASSERT_EQ(c, 'b');
+  ctx->elapsed_ms = test_now_ms() - start;
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void request_timeout_forever(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, mode);
+  config.request_timeout_ms = INT64_MAX;
+  start(&fx, &ctx, forever_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  sleep_ms(300);
+  test_send_all(fd, "a", 1);
+  wait_step(&ctx.server_step, 2);
+  sleep_ms(300);
+  test_send_all(fd, "b", 1);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_GE(ctx.elapsed_ms, 500);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(request_timeout_forever)
+
+
 /* uvs_sendall to a peer that does not read is bounded by the timeout
  * too. */
 static int sendall_timeout_handle(uvs_conn_t* conn) {
@@ -824,6 +874,67 @@ static void write_buffered(uvs_mode_t mode) {
   stop(&fx);
 }
 BOTH(write_buffered)
+
+
+/* Sync mode with a write buffer: uvs_conn_write is uvs_sendall there, so
+ * it sends after what uvs_write buffered, never before it. */
+static int write_order_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  ASSERT_OK(uvs_write(conn, "first ", 6));
+  ASSERT_OK(uvs_conn_write(conn, "second ", 7));
+  ASSERT_OK(uvs_write(conn, "third", 5));
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void sync_conn_write_after_buffer(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, UVS_MODE_SYNC);
+  config.wbufsize = WBUFSIZE;
+  start(&fx, &ctx, write_order_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  expect_bytes(fd, "first second third", 18);
+  ASSERT_OK(shutdown(fd, SHUT_WR));
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
+/* After uvs_conn_close in the handler, uvs_conn_write returns UV_EPIPE (as
+ * the header says) and sends nothing: the client reads EOF only. */
+static int write_after_close_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  ASSERT_OK(uvs_conn_close(conn));
+  ctx->result = uvs_conn_write(conn, "x", 1);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void conn_write_after_close(uvs_mode_t mode) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  char c;
+  int fd;
+
+  config_for(&config, mode);
+  start(&fx, &ctx, write_after_close_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.handled, 1);
+  ASSERT_ERR(ctx.result, UV_EPIPE);
+  ASSERT_EQ(test_recv_n(fd, &c, 1, IO_TIMEOUT), 0);
+  close(fd);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+BOTH(conn_write_after_close)
 
 
 /* wbufsize 0 (the default): every uvs_write is sent at once. */
@@ -1332,8 +1443,11 @@ static const test_case_t cases[] = {
   CASES(read_exact_short_at_eof),
   CASES(request_timeout_from_config),
   CASES(request_timeout_per_request),
+  CASES(request_timeout_forever),
   CASES(sendall_timeout),
   CASES(write_buffered),
+  { "sync_conn_write_after_buffer", sync_conn_write_after_buffer },
+  CASES(conn_write_after_close),
   CASES(write_unbuffered),
   CASES(disable_nagle_algorithm),
   { "event_mode_enotsup", event_mode_enotsup },
