@@ -3,9 +3,9 @@
  * uvs: Python's socketserver, rebuilt in C on libuv.
  *
  * A user writes a handler (what to do with one client), picks a server kind
- * by its address (tcp://HOST:PORT today) and a mode (event, sync or
- * threading today), and uvs does the rest: binding, accepting, reading,
- * writing, shutdown.
+ * by its address (tcp://HOST:PORT, udp://HOST:PORT, unix:PATH,
+ * unixgram:PATH) and a mode (event, sync or threading today), and uvs does
+ * the rest: binding, accepting, reading, writing, shutdown.
  * A server runs on the caller's uv_loop_t (embedding) or on a loop of its own
  * (uvs_server_serve_forever).
  *
@@ -79,7 +79,8 @@ typedef enum uvs_transport_e {
 } uvs_transport_t;
 
 /* How handlers run (socketserver's mixins). This release serves event,
- * sync and threading; uvs_server_new returns UV_ENOTSUP for forking. */
+ * sync and threading on every transport; uvs_server_new returns
+ * UV_ENOTSUP for forking. */
 typedef enum uvs_mode_e {
   UVS_MODE_EVENT = 0, /* on_open/on_data/on_close on the loop thread */
   UVS_MODE_SYNC,      /* plain TCPServer: blocking handle(), one at a time */
@@ -132,6 +133,14 @@ typedef void (*uvs_drain_cb)(uvs_conn_t* conn);
  * orderly close, UV_ECANCELED when the server closed it, else the error
  * that ended it (UV_ECONNRESET, UV_EPIPE, ...). */
 typedef void (*uvs_close_cb)(uvs_conn_t* conn, int status);
+/* A datagram of `len` bytes (0 for an empty one) arrived from `peer`
+ * (event mode, udp:// and unixgram:). `data` and `peer` are borrowed until
+ * return; answer with uvs_server_send_to. An unbound unixgram client has
+ * an unnamed `peer` (its text form is "unix:") and cannot be answered. */
+typedef void (*uvs_datagram_cb)(uvs_server_t* server,
+                                const char* data,
+                                size_t len,
+                                const uvs_address_t* peer);
 /* Frees the buffer given to uvs_conn_write_nocopy. */
 typedef void (*uvs_free_cb)(void* data, void* arg);
 
@@ -262,7 +271,8 @@ typedef struct uvs_config_s {
    * as Python. */
   size_t wbufsize;
   /* Set TCP_NODELAY on each connection (disable_nagle_algorithm). Default
-   * 0. */
+   * 0. Ignored for Unix streams, which have no Nagle algorithm (Python's
+   * setup fails there with EOPNOTSUPP). */
   int disable_nagle_algorithm;
   /* Threading mode: received bytes a handler has not read yet, above
    * which uvs stops reading the socket; it reads again once they fall to
@@ -279,6 +289,26 @@ typedef struct uvs_config_s {
    * the socket has refused some (the loop picking writes up late is not a
    * slow peer), and all unsent bytes count against four times the cap. */
   size_t max_write_queue;
+
+  /* ---- Datagrams (udp://, unixgram:) ---- */
+  /* The largest datagram served (max_packet_size), in both directions.
+   * Default 65536, not Python's 8192, which silently truncates longer
+   * datagrams: 65536 holds every UDP payload (65507 bytes over IPv4). A
+   * longer datagram is never truncated: it is dropped, counted, and
+   * reported to handle_error as UV_EMSGSIZE with a NULL conn and the
+   * sender's address. A reply that would grow past it fails with
+   * UV_EMSGSIZE. Replies the socket cannot take at once wait in a queue
+   * of at most output_high_water bytes; past it a reply is dropped
+   * (UV_ENOBUFS). */
+  size_t max_packet_size;
+
+  /* ---- Unix sockets (unix:, unixgram:) ---- */
+  /* Remove the socket file uvs created when the server closes (Python
+   * never does). Default 1; 0 keeps it. The file is removed only when it
+   * is still the one uvs bound. A stale socket file at the path (nobody
+   * listening) is always replaced at bind; a live one gives
+   * UV_EADDRINUSE; a path that is not a socket is never removed. */
+  int unlink_on_close;
 } uvs_config_t;
 
 /* What one connection does: socketserver's RequestHandlerClass. uvs copies
@@ -299,12 +329,15 @@ typedef struct uvs_handler_s {
   uvs_request_cb handle;
   uvs_request_cb finish;
 
-  /* Event mode, on the loop thread. */
+  /* Event mode, on the loop thread. Streams (tcp://, unix:): */
   uvs_open_cb on_open;   /* default: nothing */
   uvs_data_cb on_data;   /* default: the bytes are discarded */
   uvs_eof_cb on_eof;     /* default: uvs_conn_close (flush, then close) */
   uvs_drain_cb on_drain; /* default: nothing */
   uvs_close_cb on_close; /* default: nothing */
+  /* Datagrams (udp://, unixgram:): one call per datagram. Default: the
+   * datagram is discarded. */
+  uvs_datagram_cb on_datagram;
 } uvs_handler_t;
 
 
@@ -368,9 +401,8 @@ UVS_EXTERN void uvs_config_init(uvs_config_t* config);
  * does not accept until uvs_server_start, serve_forever or handle_request.
  * uvs copies `address`, `handler` and `config` (NULL config: defaults).
  * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOTSUP (a
- * transport or mode this release does not serve: forking, and every
- * transport but TCP), UV_ENOMEM, or the bind
- * or listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
+ * mode this release does not serve: forking), UV_ENOMEM, or the bind or
+ * listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
  * NULL and nothing is left open (in the one rare case where handles were
  * already made on the caller's loop, they finish closing when that loop
  * next runs). Threads: the loop's, or any thread for a NULL loop. */
@@ -385,9 +417,10 @@ UVS_EXTERN int uvs_server_new(uv_loop_t* loop,
  * UV_EALREADY when bound already, or the bind error. */
 UVS_EXTERN int uvs_server_bind(uvs_server_t* server);
 
-/** Listens with the configured backlog (socketserver's server_activate).
- * Returns 0, UV_EINVAL when not bound, UV_EALREADY when listening, or the
- * listen error. */
+/** Listens with the configured backlog (socketserver's server_activate);
+ * for a datagram server it only marks the server active, as Python's does
+ * nothing. Returns 0, UV_EINVAL when not bound, UV_EALREADY when active,
+ * or the listen error. */
 UVS_EXTERN int uvs_server_activate(uvs_server_t* server);
 
 /** Starts accepting on the loop without running it, for programs that run
@@ -397,8 +430,8 @@ UVS_EXTERN int uvs_server_activate(uvs_server_t* server);
 UVS_EXTERN int uvs_server_start(uvs_server_t* server);
 
 /** Stops accepting; open connections go on being served, and connections
- * that arrive wait in the listen backlog until uvs_server_start. Returns
- * 0. */
+ * that arrive wait in the listen backlog until uvs_server_start (datagrams
+ * wait in the socket's receive buffer). Returns 0. */
 UVS_EXTERN int uvs_server_stop(uvs_server_t* server);
 
 /** Starts accepting and runs the server's loop until uvs_server_shutdown,
@@ -480,7 +513,8 @@ UVS_EXTERN int uvs_server_fileno(const uvs_server_t* server);
 UVS_EXTERN uv_loop_t* uvs_server_loop(const uvs_server_t* server);
 
 /** Returns the number of connections accepted and not yet closed: one
- * stops counting just before its on_close runs. Threads: any in
+ * stops counting just before its on_close runs. For a datagram server in
+ * the blocking modes, the datagram requests being served. Threads: any in
  * threading mode. */
 UVS_EXTERN size_t uvs_server_connection_count(const uvs_server_t* server);
 
@@ -503,7 +537,34 @@ UVS_EXTERN void* uvs_server_get_data(const uvs_server_t* server);
 UVS_EXTERN void uvs_server_set_data(uvs_server_t* server, void* data);
 
 
+/** Sends `len` bytes of `data` (copied) as one datagram to `peer`, from
+ * the server's socket (udp:// and unixgram: servers, any mode). What the
+ * socket cannot take at once is queued and sent in order. Returns 0 (sent
+ * or queued); UV_EINVAL (not a datagram server, a `peer` of another
+ * transport, or an unnamed unixgram peer, which cannot be answered);
+ * UV_EMSGSIZE when `len` is above config->max_packet_size; UV_ENOBUFS when
+ * the queue is over config->output_high_water (the datagram is dropped);
+ * UV_ENOMEM; or the send error (for unixgram: UV_ECONNREFUSED or
+ * UV_ENOENT when the client has gone). A queued datagram the socket still
+ * refuses after a second is dropped, as the network would. */
+UVS_EXTERN int uvs_server_send_to(uvs_server_t* server,
+                                  const uvs_address_t* peer,
+                                  const void* data,
+                                  size_t len);
+
+
 /* ---- Connection ------------------------------------------------------ */
+
+/* For a stream server a uvs_conn_t is one client connection. For a
+ * datagram server in the blocking modes it is one datagram request
+ * (DatagramRequestHandler): the handler reads the datagram with the
+ * request I/O calls (then EOF), and what it writes (uvs_sendall,
+ * uvs_write, uvs_conn_write) is sent back to the sender as one datagram
+ * after finish; nothing is sent when it wrote nothing, unlike Python,
+ * which sends an empty datagram. uvs_conn_abort discards the reply;
+ * uvs_conn_close ends the request's I/O and keeps the reply. A reply to
+ * a unixgram client that has gone (or has no bound name) is dropped
+ * without an error. uvs_conn_fileno returns the server's socket. */
 
 /** Sends `len` bytes of `data`, copied: the caller keeps `data`. Bytes go
  * out in order; what the socket does not take at once is queued; it never
@@ -621,13 +682,16 @@ UVS_EXTERN int uvs_sendall(uvs_conn_t* conn, const void* data, size_t len);
 /** Writes `len` bytes through the request's write buffer of
  * config->wbufsize bytes (wfile.write): with wbufsize 0, the same as
  * uvs_sendall; otherwise bytes collect until the buffer is full or
- * uvs_flush. Returns 0 or an error. Threads: handler. */
+ * uvs_flush. Returns 0 or an error. Datagram requests: every write goes
+ * into the reply, which must stay within config->max_packet_size
+ * (UV_EMSGSIZE, nothing of that write added). Threads: handler. */
 UVS_EXTERN int uvs_write(uvs_conn_t* conn, const void* data, size_t len);
 
 /** Sends what uvs_write buffered and waits until the socket has taken
  * every byte written so far (wfile.flush). Returns 0 or an error. uvs
- * flushes after finish too, ignoring errors, as Python. Threads:
- * handler. */
+ * flushes after finish too, ignoring errors, as Python. For a datagram
+ * request it only moves buffered bytes into the reply, which leaves after
+ * finish. Threads: handler. */
 UVS_EXTERN int uvs_flush(uvs_conn_t* conn);
 
 /** Sets this request's I/O timeout in milliseconds (-1: none), for the

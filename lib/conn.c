@@ -43,13 +43,15 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
 static void on_write(uv_write_t* req, int status);
 static void on_shutdown(uv_shutdown_t* req, int status);
 static void on_close_timer(uv_timer_t* handle);
-static void on_tcp_closed(uv_handle_t* handle);
+static void on_handle_closed(uv_handle_t* handle);
 static void on_timer_closed(uv_handle_t* handle);
 static void on_conn_msg(uvs__msg_t* msg);
 static void close_graceful(uvs_conn_t* conn);
 static void abort_now(uvs_conn_t* conn);
 static void set_reset_on_close(uvs_conn_t* conn);
 static void free_conn(uvs_conn_t* conn);
+static void hand_over(uvs_conn_t* conn);
+static void dgram_done(uvs_conn_t* conn);
 
 /* The largest piece one uv_buf_t carries (its length is an unsigned int). */
 #define UVS__MAX_CHUNK ((size_t) 1 << 30)
@@ -58,6 +60,28 @@ static void free_conn(uvs_conn_t* conn);
 static size_t state_offset(void) {
   size_t align = alignof(max_align_t);
   return (sizeof(uvs_conn_t) + align - 1) / align * align;
+}
+
+
+static bool is_pipe(const uvs_server_t* server) {
+  return server->address.transport == UVS_TRANSPORT_UNIX;
+}
+
+
+/* The stream handle for the server's transport. */
+static int init_handle(uvs_conn_t* conn) {
+  uvs_server_t* server = conn->server;
+  if (is_pipe(server))
+    return uv_pipe_init(server->loop, &conn->h.pipe, 0);
+  return uv_tcp_init(server->loop, &conn->h.tcp);
+}
+
+
+/* Gives the descriptor to the handle. */
+static int adopt_fd(uvs_conn_t* conn) {
+  if (is_pipe(conn->server))
+    return uv_pipe_open(&conn->h.pipe, conn->fd);
+  return uv_tcp_open(&conn->h.tcp, conn->fd);
 }
 
 
@@ -75,19 +99,19 @@ static void sync_close(uvs_conn_t* conn) {
     close(conn->fd);
     return;
   }
-  r = uv_tcp_open(&conn->tcp, conn->fd);
+  r = adopt_fd(conn);
   if (r != 0) {
     close(conn->fd);
     uvs__conn_close_now(conn, 0);
     return;
   }
-  conn->tcp_opened = true;
+  conn->fd_adopted = true;
   abort = conn->io->want_abort;
   if (abort) {
     uvs_conn_abort(conn);
     return;
   }
-  if (uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read) != 0) {
+  if (uv_read_start(&conn->h.stream, on_alloc, on_read) != 0) {
     uvs__conn_close_now(conn, 0);
     return;
   }
@@ -103,7 +127,7 @@ int uvs__conn_accept(uvs_server_t* server,
   uvs_conn_t* conn;
   int r;
 
-  if (server->config.disable_nagle_algorithm) {
+  if (server->config.disable_nagle_algorithm && !is_pipe(server)) {
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
   }
@@ -128,7 +152,7 @@ int uvs__conn_accept(uvs_server_t* server,
     }
     conn->io->msg.run = on_conn_msg;
   }
-  r = uv_tcp_init(server->loop, &conn->tcp);
+  r = init_handle(conn);
   if (r != 0) {
     close(fd);
     if (conn->io != NULL)
@@ -150,15 +174,15 @@ int uvs__conn_accept(uvs_server_t* server,
     return 0;
   }
 
-  r = uv_tcp_open(&conn->tcp, fd);
+  r = adopt_fd(conn);
   if (r != 0) {
     /* The handle does not own fd yet. */
     close(fd);
     uvs__conn_close_now(conn, UV_ECANCELED);
     return r;
   }
-  conn->tcp_opened = true;
-  r = uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+  conn->fd_adopted = true;
+  r = uv_read_start(&conn->h.stream, on_alloc, on_read);
   if (r != 0) {
     uvs__conn_close_now(conn, UV_ECANCELED);
     return r;
@@ -209,6 +233,17 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
   /* A handler blocked in request I/O returns at once. */
   if (conn->io != NULL && server->config.mode == UVS_MODE_THREADING)
     uvs__reqio_cancel(conn, status < 0 ? status : UV_ECANCELED);
+  if (conn->dgram) {
+    /* No handle to close, and the reply is dropped: the request's memory
+     * goes once its handler is done with it (or with the handler, when
+     * the server closes without waiting). */
+    notify_shutdown_request(conn);
+    if (!conn->worker_ref)
+      free_conn(conn);
+    else if (server->pool_detached)
+      hand_over(conn);
+    return;
+  }
   /* socketserver's order: handle_error, then shutdown_request, then close.
    * A cancel by the server is not an error of the request. In the blocking
    * modes the handler's calls report errors; reqio.c passes them on. */
@@ -222,7 +257,7 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
     uv_close((uv_handle_t*) conn->close_timer, on_timer_closed);
   }
   conn->pending_closes++;
-  uv_close((uv_handle_t*) &conn->tcp, on_tcp_closed);
+  uv_close(&conn->h.handle, on_handle_closed);
 }
 
 
@@ -314,8 +349,8 @@ static void free_conn(uvs_conn_t* conn) {
 }
 
 
-static void on_tcp_closed(uv_handle_t* handle) {
-  uvs_conn_t* conn = container_of(handle, uvs_conn_t, tcp);
+static void on_handle_closed(uv_handle_t* handle) {
+  uvs_conn_t* conn = container_of(handle, uvs_conn_t, h);
   if (--conn->pending_closes == 0)
     finish(conn);
 }
@@ -333,7 +368,7 @@ static void on_timer_closed(uv_handle_t* handle) {
 /* ---- Reading -------------------------------------------------------- */
 
 static void on_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf) {
-  uvs_conn_t* conn = container_of(handle, uvs_conn_t, tcp);
+  uvs_conn_t* conn = container_of(handle, uvs_conn_t, h);
   uvs_server_t* server = conn->server;
   /* Every connection reads into the server's buffer: on_read hands the
    * bytes to on_data before the loop reads anything else. */
@@ -361,7 +396,7 @@ static void on_thread_data(uvs_conn_t* conn, const char* data, size_t len) {
     return;
   }
   if (pause)
-    uv_read_stop((uv_stream_t*) &conn->tcp);
+    uv_read_stop(&conn->h.stream);
 }
 
 
@@ -394,7 +429,7 @@ static void on_eof(uvs_conn_t* conn) {
 
 
 static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-  uvs_conn_t* conn = container_of(stream, uvs_conn_t, tcp);
+  uvs_conn_t* conn = container_of(stream, uvs_conn_t, h);
   uvs_server_t* server = conn->server;
 
   if (nread > 0) {
@@ -429,7 +464,7 @@ int uvs_conn_read_stop(uvs_conn_t* conn) {
   conn->read_paused = true;
   /* A closing connection keeps reading to see the FIN. */
   if (!conn->closing)
-    uv_read_stop((uv_stream_t*) &conn->tcp);
+    uv_read_stop(&conn->h.stream);
   return 0;
 }
 
@@ -444,7 +479,7 @@ int uvs_conn_read_start(uvs_conn_t* conn) {
   conn->read_paused = false;
   if (conn->eof)
     return 0;
-  return uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+  return uv_read_start(&conn->h.stream, on_alloc, on_read);
 }
 
 
@@ -484,7 +519,7 @@ static int queue_write(uvs_conn_t* conn,
       w->free_data = free_data;
       w->free_arg = free_arg;
     }
-    r = uv_write(&w->req, (uv_stream_t*) &conn->tcp, &buf, 1, on_write);
+    r = uv_write(&w->req, &conn->h.stream, &buf, 1, on_write);
     if (r != 0) {
       uvs__free(w);
       return r;
@@ -508,7 +543,7 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
   buf =
       uv_buf_init((char*) data,
                   (unsigned int) (len < UVS__MAX_CHUNK ? len : UVS__MAX_CHUNK));
-  n = uv_try_write((uv_stream_t*) &conn->tcp, &buf, 1);
+  n = uv_try_write(&conn->h.stream, &buf, 1);
   if (n == UV_EAGAIN)
     return 0;
   return n;
@@ -706,10 +741,10 @@ static void close_graceful(uvs_conn_t* conn) {
    * the input high mark in threading mode; only the loop writes either). */
   if (!conn->eof &&
       (conn->read_paused || (conn->io != NULL && conn->io->read_paused))) {
-    uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+    uv_read_start(&conn->h.stream, on_alloc, on_read);
   }
   /* uv_shutdown runs after every queued write has completed. */
-  r = uv_shutdown(&conn->shutdown_req, (uv_stream_t*) &conn->tcp, on_shutdown);
+  r = uv_shutdown(&conn->shutdown_req, &conn->h.stream, on_shutdown);
   if (r != 0) {
     uvs__conn_close_now(conn, r == UV_ENOTCONN ? 0 : r);
     return;
@@ -757,7 +792,7 @@ int uvs_conn_abort(uvs_conn_t* conn) {
     return UV_EINVAL;
   if (conn->io != NULL && conn->server->config.mode == UVS_MODE_THREADING)
     return uvs__reqio_close_any(conn, true);
-  if (conn->io != NULL && !conn->tcp_opened)
+  if (conn->io != NULL && !conn->fd_adopted)
     return uvs__reqio_close_any(conn, true); /* sync, inside the handler */
   abort_now(conn);
   return 0;
@@ -823,6 +858,19 @@ static void on_conn_msg(uvs__msg_t* msg) {
   bool over;
   bool done;
 
+  if (conn->dgram) {
+    /* A datagram request posts once: when its handler is done. */
+    uv_mutex_lock(&io->lock);
+    done = io->done;
+    uv_mutex_unlock(&io->lock);
+    if (done && conn->worker_ref) {
+      conn->worker_ref = false;
+      uvs__mailbox_unhold(conn->server->mailbox);
+      dgram_done(conn);
+    }
+    return;
+  }
+
   uv_mutex_lock(&io->lock);
   if (io->want_flush) {
     chunks = uvs__buf_take(&io->out, &len);
@@ -844,7 +892,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   if (chunks != NULL)
     send_chunks(conn, chunks);
   if (resume && !conn->closing)
-    uv_read_start((uv_stream_t*) &conn->tcp, on_alloc, on_read);
+    uv_read_start(&conn->h.stream, on_alloc, on_read);
   if (abort && over)
     over_cap(conn);
   else if (abort)
@@ -907,6 +955,90 @@ bool uvs__conn_is_open(uvs_conn_t* conn) {
 }
 
 
+/* ---- Datagram requests (blocking modes) ----------------------------- */
+
+int uvs__conn_datagram(uvs_server_t* server,
+                       const char* data,
+                       size_t len,
+                       const uvs_address_t* peer) {
+  uvs_conn_t* conn;
+  int r;
+
+  conn = uvs__calloc(1, state_offset() + server->handler.state_size);
+  if (conn == NULL)
+    return UV_ENOMEM;
+  conn->server = server;
+  conn->peer = *peer;
+  conn->fd = server->fd;
+  conn->dgram = true;
+  conn->loop_done = true; /* it has no handle */
+  if (server->handler.state_size > 0)
+    conn->state = (char*) conn + state_offset();
+  r = uvs__reqio_new_datagram(conn, data, len);
+  if (r != 0) {
+    uvs__free(conn);
+    return r;
+  }
+  conn->io->msg.run = on_conn_msg;
+  conn->id = ++server->next_conn_id;
+  if (server->one_shot)
+    server->one_shot_id = conn->id;
+  uv_mutex_lock(&server->conns_lock);
+  uvs__list_push(&server->conns, &conn->node);
+  server->nconns++;
+  uv_mutex_unlock(&server->conns_lock);
+  conn->opened = true;
+  /* worker_ref: a handler holds the request, so a close meanwhile (the
+   * server's, from inside the handler) leaves its memory alone. */
+  conn->worker_ref = true;
+  if (server->config.mode == UVS_MODE_SYNC) {
+    uvs__reqio_run(conn);
+    conn->worker_ref = false;
+    dgram_done(conn);
+    return 0;
+  }
+  uvs__mailbox_hold(server->mailbox);
+  r = uvs__pool_submit(server->pool, &conn->io->job);
+  if (r != 0) {
+    conn->worker_ref = false;
+    uvs__mailbox_unhold(server->mailbox);
+    conn->opened = false; /* never served: no shutdown_request */
+    free_conn(conn);
+    return r;
+  }
+  return 0;
+}
+
+
+/* The handler is done (loop thread): socketserver's finish sends the
+ * reply, then shutdown_request runs; the request's memory goes. A request
+ * the server closed meanwhile sends nothing. */
+static void dgram_done(uvs_conn_t* conn) {
+  uvs_server_t* server = conn->server;
+  uvs__io_t* io = conn->io;
+  uvs__chunk_t* chunks;
+  size_t len;
+  bool abort;
+
+  if (conn->handle_closing) {
+    free_conn(conn);
+    return;
+  }
+  uv_mutex_lock(&io->lock);
+  chunks = uvs__buf_take(&io->out, &len);
+  abort = io->want_abort;
+  uv_mutex_unlock(&io->lock);
+  if (abort || len == 0)
+    uvs__buf_free_chunks(chunks);
+  else
+    uvs__listen_dgram_reply(server, &conn->peer, chunks, len);
+  conn->handle_closing = true;
+  conn->closing = true;
+  notify_shutdown_request(conn);
+  free_conn(conn);
+}
+
+
 /* ---- Properties ----------------------------------------------------- */
 
 const uvs_address_t* uvs_conn_peer(const uvs_conn_t* conn) {
@@ -937,7 +1069,7 @@ int uvs_conn_fileno(const uvs_conn_t* conn) {
   }
   if (conn->io != NULL)
     return conn->fd;
-  if (uv_fileno((const uv_handle_t*) &conn->tcp, &fd) != 0)
+  if (uv_fileno(&conn->h.handle, &fd) != 0)
     return UV_EBADF;
   return fd;
 }

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 
 /* ---- Helpers --------------------------------------------------------- */
@@ -224,18 +225,39 @@ struct uvs_server_s {
   uvs_address_t address; /* requested, then as bound */
   void* data;
 
-  /* Listener (listen_stream.c). */
+  /* The server's socket (sock.c). */
   uv_os_sock_t fd; /* -1 when closed */
+  bool dgram;      /* udp:// or unixgram: (listen_dgram.c) */
   bool bound;
-  bool listening;
+  bool path_bound; /* uvs bound a Unix socket file: unlink it at close */
+  dev_t path_dev;  /* which file that is */
+  ino_t path_ino;
+
+  /* Listener (listen_stream.c, listen_dgram.c). */
+  bool listening;           /* listen() done; datagrams: activated */
   bool accepting;           /* the user wants accepting (start/serve) */
   bool poll_inited;         /* the poll handle exists */
   bool poll_active;         /* the poll handle is started */
   bool accept_error_logged; /* this burst of accept errors was reported */
   bool accept_backoff;      /* paused after EMFILE, retry timer running */
-  uv_poll_t poll;
+  uv_poll_t poll;           /* stream listener, unixgram socket */
   uv_timer_t accept_retry;
   uint64_t accept_errors;
+
+  /* Datagrams (listen_dgram.c). */
+  uv_udp_t udp;               /* udp:// */
+  bool udp_inited;            /* the udp handle exists */
+  bool udp_opened;            /* and owns fd */
+  bool dgram_drop_logged;     /* this burst of dropped replies was reported */
+  bool in_batch;              /* inside a recvmmsg batch's callbacks */
+  bool recv_error_logged;     /* this burst of receive errors was reported */
+  uvs__list_t dgram_queue;    /* unixgram replies the socket refused */
+  size_t dgram_queue_bytes;   /* their bytes, and udp's send queue */
+  unsigned dgram_queue_len;   /* their number */
+  uv_timer_t dgram_retry;     /* retries them */
+  uint64_t dgram_retry_ms;    /* its current interval */
+  uint64_t dgram_oversize;    /* datagrams dropped over max_packet_size */
+  uint64_t dgram_reply_drops; /* replies dropped: full queue, gone peer */
 
   /* Connections (conn.c). `conns_lock` guards the list and the count for
    * uvs_server_foreach from other threads; the loop thread alone changes
@@ -304,14 +326,26 @@ bool uvs__server_stop_requested(uvs_server_t* server);
 void uvs__server_request_stop(uvs_server_t* server);
 
 
+/* ---- sock.c ---------------------------------------------------------- */
+
+/* Creates the server's socket for its transport. Returns 0 or the error. */
+int uvs__sock_open(uvs_server_t* server);
+/* Sets the options, makes room at a Unix path, binds, and reads the real
+ * address back. Returns 0, UV_EALREADY, or the error. */
+int uvs__sock_bind(uvs_server_t* server);
+/* Sets SO_REUSEADDR as configured (never for UDP). */
+int uvs__sock_set_reuse(uvs_server_t* server);
+/* Removes the Unix socket file this server bound, if configured and still
+ * the same file. */
+void uvs__sock_unlink(uvs_server_t* server);
+
+
 /* ---- listen_stream.c ------------------------------------------------- */
 
 /* After accept fails for lack of descriptors or memory, accepting pauses
  * this long (Netty and asyncio use 1 s) instead of spinning. */
 #define UVS__ACCEPT_RETRY_MS 1000
 
-int uvs__listen_stream_open(uvs_server_t* server);
-int uvs__listen_stream_bind(uvs_server_t* server);
 int uvs__listen_stream_activate(uvs_server_t* server);
 /* Watches the listener when server->accepting says so and no backoff or
  * limit holds it; stops watching otherwise. Idempotent. */
@@ -319,6 +353,34 @@ int uvs__listen_stream_update(uvs_server_t* server);
 /* Stops watching and closes the socket; the poll handle's close is counted
  * with uvs__server_closing_handle. */
 void uvs__listen_stream_close(uvs_server_t* server);
+
+
+/* ---- listen_dgram.c -------------------------------------------------- */
+
+/* A unixgram reply the socket refused for longer than this is dropped. */
+#define UVS__DGRAM_RETRY_MAX_MS 1000
+/* At most this many unixgram replies wait for the socket. */
+#define UVS__DGRAM_QUEUE_MAX 1024
+
+/* Makes the loop's handle for the datagram socket (uv_udp_t for UDP,
+ * uv_poll_t for unixgram) and the retry timer. Returns 0 or the error;
+ * on failure no handle was made. */
+int uvs__listen_dgram_init(uvs_server_t* server);
+/* Bytes of the buffer datagrams are read into. */
+size_t uvs__listen_dgram_buffer_size(const uvs_config_t* config,
+                                     uvs_transport_t transport);
+/* Receives when server->accepting says so and no limit holds; stops
+ * otherwise. Idempotent. */
+int uvs__listen_dgram_update(uvs_server_t* server);
+/* Stops receiving, drops queued replies and closes the socket; handle
+ * closes are counted with uvs__server_closing_handle. */
+void uvs__listen_dgram_close(uvs_server_t* server);
+/* Sends a blocking-mode request's reply: the `len` bytes of `chunks` to
+ * `peer`. Takes the chunks. Loop thread. */
+void uvs__listen_dgram_reply(uvs_server_t* server,
+                             const uvs_address_t* peer,
+                             uvs__chunk_t* chunks,
+                             size_t len);
 
 
 /* ---- conn.c ---------------------------------------------------------- */
@@ -366,6 +428,8 @@ typedef struct uvs__io_s {
   size_t output_high;
   size_t max_queue;
   size_t wbufsize;
+  size_t max_reply; /* a datagram request's reply cap: max_packet_size */
+  bool dgram;       /* a datagram request */
   /* Handler thread only. */
   int64_t timeout_ms;
   char* wbuf;
@@ -373,7 +437,12 @@ typedef struct uvs__io_s {
 } uvs__io_t;
 
 struct uvs_conn_s {
-  uv_tcp_t tcp; /* first: the handle's close callback finds the conn */
+  union {
+    uv_tcp_t tcp;   /* tcp:// */
+    uv_pipe_t pipe; /* unix: */
+    uv_stream_t stream;
+    uv_handle_t handle;
+  } h; /* unused by a datagram request, which has no handle */
   uvs_server_t* server;
   uvs__list_t node;
   uvs__io_t* io; /* blocking modes */
@@ -388,7 +457,7 @@ struct uvs_conn_s {
   uv_os_sock_t fd;
   bool worker_ref;     /* threading: a job holds the conn (loop's view) */
   bool loop_done;      /* every handle is closed */
-  bool tcp_opened;     /* the handle owns the fd (sync: after the handler) */
+  bool fd_adopted;     /* the handle owns the fd (sync: after the handler) */
   bool opened;         /* on_open ran */
   bool eof;            /* the peer's FIN arrived */
   bool read_paused;    /* by uvs_conn_read_stop */
@@ -396,6 +465,7 @@ struct uvs_conn_s {
   bool shut_done;      /* our FIN is out: everything was sent */
   bool handle_closing; /* uv_close called */
   bool shutdown_notified;
+  bool dgram; /* a datagram request: no handle, `fd` is the server's */
 };
 
 /* Adopts accepted socket `fd` from `peer`: allocates the connection, starts
@@ -404,6 +474,13 @@ int uvs__conn_accept(uvs_server_t* server,
                      uv_os_sock_t fd,
                      const uvs_address_t* peer,
                      uint64_t* id);
+/* Serves one datagram of `len` bytes from `peer` as a blocking-mode
+ * request: at once in sync mode, on the pool in threading mode. Returns 0
+ * or the error (nothing was served). */
+int uvs__conn_datagram(uvs_server_t* server,
+                       const char* data,
+                       size_t len,
+                       const uvs_address_t* peer);
 /* Closes at once with `status` (server close: UV_ECANCELED). */
 void uvs__conn_close_now(uvs_conn_t* conn, int status);
 /* Threading mode, server closing without waiting for handlers: hands
@@ -419,8 +496,10 @@ bool uvs__conn_is_open(uvs_conn_t* conn);
 
 /* ---- reqio.c --------------------------------------------------------- */
 
-/* Makes the request side of a blocking-mode connection. */
+/* Makes the request side of a blocking-mode connection; a datagram
+ * request's input is `data`, followed by EOF. */
 int uvs__reqio_new(uvs_conn_t* conn);
+int uvs__reqio_new_datagram(uvs_conn_t* conn, const char* data, size_t len);
 void uvs__reqio_free(uvs__io_t* io);
 /* Runs setup, handle, finish, flushes uvs_write's buffer, then reports an
  * error to handle_error and a UVS_ESTOP to the server. */

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The stream listener (TCP today; Unix streams share it later). uvs creates
- * the listening socket itself, so it can set SO_REUSEPORT and IPV6_V6ONLY on
- * any libuv, watches it with a uv_poll_t, and calls accept4 in bounded
- * batches. That gives what uv_listen lacks: accepting can pause and resume
- * (stop, handle_request's one connection, the EMFILE back-off), and
- * verify_request runs before anything is allocated for a connection. Each
- * accepted descriptor is adopted by conn.c with uv_tcp_open.
+ * The stream listener, for TCP and Unix streams. uvs creates the listening
+ * socket itself (sock.c), so it can set SO_REUSEPORT and IPV6_V6ONLY on any
+ * libuv and handle stale Unix socket files, watches it with a uv_poll_t,
+ * and calls accept4 in bounded batches. That gives what uv_listen lacks:
+ * accepting can pause and resume (stop, handle_request's one connection, the
+ * EMFILE back-off), and verify_request runs before anything is allocated for a
+ * connection. Each accepted descriptor is adopted by conn.c with uv_tcp_open or
+ * uv_pipe_open.
  *
  * Invariant: the poll handle is started exactly when the user wants
  * accepting, the socket listens, no back-off or one-shot limit holds, and
@@ -25,67 +26,6 @@
 static void on_readable(uv_poll_t* handle, int status, int events);
 static void on_accept_retry(uv_timer_t* handle);
 static void on_poll_closed(uv_handle_t* handle);
-
-
-int uvs__listen_stream_open(uvs_server_t* server) {
-  int fd = socket(server->address.u.sa.sa_family,
-                  SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                  0);
-  if (fd < 0)
-    return UVS__ERR(errno);
-  server->fd = fd;
-  return 0;
-}
-
-
-static int set_flag(int fd, int level, int name, int on) {
-  if (setsockopt(fd, level, name, &on, sizeof(on)) != 0)
-    return UVS__ERR(errno);
-  return 0;
-}
-
-
-int uvs__listen_stream_bind(uvs_server_t* server) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof(ss);
-  int r;
-
-  if (server->fd < 0)
-    return UV_EBADF;
-  if (server->bound)
-    return UV_EALREADY;
-  if (server->config.allow_reuse_address) {
-    r = set_flag(server->fd, SOL_SOCKET, SO_REUSEADDR, 1);
-    if (r != 0)
-      return r;
-  }
-  if (server->config.allow_reuse_port) {
-    r = set_flag(server->fd, SOL_SOCKET, SO_REUSEPORT, 1);
-    if (r != 0)
-      return r;
-  }
-  if (server->address.u.sa.sa_family == AF_INET6) {
-    r = set_flag(server->fd,
-                 IPPROTO_IPV6,
-                 IPV6_V6ONLY,
-                 server->config.ipv6_only ? 1 : 0);
-    if (r != 0)
-      return r;
-  }
-  if (bind(server->fd, &server->address.u.sa, server->address.len) != 0)
-    return UVS__ERR(errno);
-  /* Port 0 becomes the real port (socketserver's server_address). */
-  if (getsockname(server->fd, (struct sockaddr*) &ss, &len) != 0)
-    return UVS__ERR(errno);
-  r = uvs__addr_from_sockaddr(&server->address,
-                              server->address.transport,
-                              (struct sockaddr*) &ss,
-                              len);
-  if (r != 0)
-    return r;
-  server->bound = true;
-  return 0;
-}
 
 
 int uvs__listen_stream_activate(uvs_server_t* server) {

@@ -21,6 +21,12 @@
  * Every wait has a deadline from the request timeout; the end of a
  * connection is sticky in io->error (UV_ECANCELED when the server or
  * uvs_conn_close ended it: returned at once, even with input queued).
+ *
+ * A datagram request (DatagramRequestHandler) is the same with its whole
+ * input queued up front and EOF after it, so reading never waits; writes
+ * collect in the output queue as the reply, capped at max_packet_size,
+ * which the loop sends as one datagram once the handler is done
+ * (conn.c).
  */
 #include "internal.h"
 
@@ -67,9 +73,25 @@ int uvs__reqio_new(uvs_conn_t* conn) {
   io->output_high = server->config.output_high_water;
   io->max_queue = server->config.max_write_queue;
   io->wbufsize = server->config.wbufsize;
+  io->max_reply = server->config.max_packet_size;
   io->timeout_ms = server->config.request_timeout_ms;
   conn->io = io;
   return 0;
+}
+
+
+int uvs__reqio_new_datagram(uvs_conn_t* conn, const char* data, size_t len) {
+  int r = uvs__reqio_new(conn);
+  if (r != 0)
+    return r;
+  conn->io->dgram = true;
+  conn->io->eof = true;
+  r = uvs__buf_append(&conn->io->in, data, len);
+  if (r != 0) {
+    uvs__reqio_free(conn->io);
+    conn->io = NULL;
+  }
+  return r;
 }
 
 
@@ -425,12 +447,31 @@ static int queue_out(uvs_conn_t* conn, const char* data, size_t len) {
 }
 
 
+/* A datagram request: adds to the reply, within max_packet_size. Other
+ * threads may add too (uvs_conn_write) while the handler runs. */
+static int reply_append(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  int r;
+  lock(io);
+  if (io->error != 0)
+    r = write_error(io);
+  else if (len > io->max_reply || io->out.len > io->max_reply - len)
+    r = UV_EMSGSIZE;
+  else
+    r = uvs__buf_append(&io->out, data, len);
+  unlock(io);
+  return r;
+}
+
+
 /* Sends all of `data`, waiting for room above the high mark. */
 static int send_all(uvs_conn_t* conn, const char* data, size_t len) {
   uvs__io_t* io = conn->io;
   uint64_t deadline;
   int r = 0;
 
+  if (io->dgram)
+    return reply_append(conn, data, len);
   if (!io->threaded)
     return fd_send(conn, data, len);
   deadline = deadline_of(io);
@@ -529,7 +570,7 @@ int uvs_flush(uvs_conn_t* conn) {
   if (io == NULL)
     return UV_ENOTSUP;
   r = send_wbuf(conn);
-  if (r != 0 || !io->threaded)
+  if (r != 0 || !io->threaded || io->dgram)
     return r;
   /* Sync sends are done on return; threading waits for the loop. */
   deadline = deadline_of(io);
@@ -583,6 +624,10 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
   uvs__io_t* io = conn->io;
   int r;
 
+  if (io->dgram) {
+    r = reply_append(conn, data, len);
+    return r == UV_ECANCELED ? UV_EPIPE : r;
+  }
   if (!io->threaded) {
     /* Sync: uvs_sendall, behind what uvs_write buffered. */
     r = send_wbuf(conn);
@@ -623,7 +668,9 @@ int uvs__reqio_close_any(uvs_conn_t* conn, bool abort) {
   else
     io->want_close = true;
   uv_cond_signal(&io->cond);
-  if (io->threaded && !io->orphaned)
+  /* A datagram request has nothing on the loop to close: its reply, or
+   * none after an abort, leaves when the handler is done. */
+  if (io->threaded && !io->orphaned && !io->dgram)
     uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   uv_mutex_unlock(&io->lock);
   return 0;

@@ -31,6 +31,7 @@ static void on_service_timer(uv_timer_t* handle);
 static void on_request_timeout(uv_timer_t* handle);
 static void on_handle_closed(uv_handle_t* handle);
 static void close_server_handle(uvs_server_t* server, uv_handle_t* handle);
+static void close_listener(uvs_server_t* server);
 static void finish_close(uvs_server_t* server);
 static void release_mailbox(uvs_server_t* server);
 static void free_server(void* arg);
@@ -61,7 +62,7 @@ static int check_config(const uvs_config_t* config) {
   if (config->request_queue_size < 0 || config->accept_batch == 0 ||
       config->read_buffer_size == 0 || config->timeout_ms < -1 ||
       config->request_timeout_ms < -1 || config->input_high_water == 0 ||
-      config->output_high_water == 0) {
+      config->output_high_water == 0 || config->max_packet_size == 0) {
     return UV_EINVAL;
   }
   switch (config->mode) {
@@ -100,6 +101,8 @@ void uvs_config_init(uvs_config_t* config) {
   config->input_high_water = 65536;
   config->output_high_water = 262144;
   config->max_write_queue = 0;
+  config->max_packet_size = 65536;
+  config->unlink_on_close = 1;
 }
 
 
@@ -107,6 +110,7 @@ void uvs_config_init(uvs_config_t* config) {
 static void free_unstarted(uvs_server_t* server) {
   if (server->fd >= 0)
     close(server->fd);
+  uvs__sock_unlink(server);
   if (server->pool != NULL)
     uvs__pool_close(server->pool, true, NULL, NULL);
   if (server->owned_loop != NULL) {
@@ -157,11 +161,12 @@ int uvs_server_new(uv_loop_t* loop,
   r = uvs_address_parse(address, &server->address);
   if (r != 0)
     goto fail;
-  if (server->address.transport != UVS_TRANSPORT_TCP) {
-    r = UV_ENOTSUP;
-    goto fail;
-  }
-  server->read_buf = uvs__malloc(config->read_buffer_size);
+  server->dgram = server->address.transport == UVS_TRANSPORT_UDP ||
+                  server->address.transport == UVS_TRANSPORT_UNIXGRAM;
+  server->read_buf = uvs__malloc(
+      server->dgram
+          ? uvs__listen_dgram_buffer_size(config, server->address.transport)
+          : config->read_buffer_size);
   if (server->read_buf == NULL) {
     r = UV_ENOMEM;
     goto fail;
@@ -184,7 +189,7 @@ int uvs_server_new(uv_loop_t* loop,
 
   /* The socket first, and bound before any handle exists, so that the
    * common failures (EADDRINUSE, EACCES) unwind synchronously. */
-  r = uvs__listen_stream_open(server);
+  r = uvs__sock_open(server);
   if (r != 0)
     goto fail;
   if (config->bind_and_activate) {
@@ -231,18 +236,28 @@ int uvs_server_new(uv_loop_t* loop,
   server->stop_msg.run = on_stop_msg;
   uv_timer_init(loop, &server->service_timer);
   uv_timer_init(loop, &server->accept_retry);
+  uv_timer_init(loop, &server->dgram_retry);
   uv_handle_set_data((uv_handle_t*) &server->service_timer, server);
   uv_handle_set_data((uv_handle_t*) &server->accept_retry, server);
-  r = uv_poll_init_socket(loop, &server->poll, server->fd);
+  uv_handle_set_data((uv_handle_t*) &server->dgram_retry, server);
+  if (server->dgram) {
+    r = uvs__listen_dgram_init(server);
+  } else {
+    r = uv_poll_init_socket(loop, &server->poll, server->fd);
+    if (r == 0) {
+      uv_handle_set_data((uv_handle_t*) &server->poll, server);
+      server->poll_inited = true;
+    }
+  }
   if (r != 0) {
     /* Handles exist now: unwind through the close path. */
     server->closing = true;
     server->close_sync = server->owned_loop != NULL;
     release_mailbox(server);
+    close_listener(server);
     close_server_handle(server, (uv_handle_t*) &server->service_timer);
     close_server_handle(server, (uv_handle_t*) &server->accept_retry);
-    close(server->fd);
-    server->fd = -1;
+    close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
     if (server->owned_loop != NULL) {
       while (server->pending_closes > 0)
         uv_run(loop, UV_RUN_ONCE);
@@ -250,8 +265,6 @@ int uvs_server_new(uv_loop_t* loop,
     }
     return r;
   }
-  uv_handle_set_data((uv_handle_t*) &server->poll, server);
-  server->poll_inited = true;
 
   *server_out = server;
   return 0;
@@ -265,14 +278,41 @@ fail:
 int uvs_server_bind(uvs_server_t* server) {
   if (server == NULL || server->closing)
     return UV_EINVAL;
-  return uvs__listen_stream_bind(server);
+  return uvs__sock_bind(server);
 }
 
 
 int uvs_server_activate(uvs_server_t* server) {
   if (server == NULL || server->closing)
     return UV_EINVAL;
-  return uvs__listen_stream_activate(server);
+  if (!server->dgram)
+    return uvs__listen_stream_activate(server);
+  /* Python's UDPServer.server_activate does nothing: a datagram socket
+   * receives once bound. */
+  if (server->fd < 0 || !server->bound)
+    return UV_EINVAL;
+  if (server->listening)
+    return UV_EALREADY;
+  server->listening = true;
+  return 0;
+}
+
+
+/* Starts or stops the listener to match the server's state. */
+static int update_listener(uvs_server_t* server) {
+  if (server->dgram)
+    return uvs__listen_dgram_update(server);
+  return uvs__listen_stream_update(server);
+}
+
+
+/* Closes the listener's handles and socket, and the Unix socket file. */
+static void close_listener(uvs_server_t* server) {
+  if (server->dgram)
+    uvs__listen_dgram_close(server);
+  else
+    uvs__listen_stream_close(server);
+  uvs__sock_unlink(server);
 }
 
 
@@ -291,7 +331,7 @@ int uvs_server_start(uvs_server_t* server) {
       return r;
   }
   server->accepting = true;
-  return uvs__listen_stream_update(server);
+  return update_listener(server);
 }
 
 
@@ -301,7 +341,7 @@ int uvs_server_stop(uvs_server_t* server) {
   server->accepting = false;
   if (server->closing)
     return 0;
-  return uvs__listen_stream_update(server);
+  return update_listener(server);
 }
 
 
@@ -485,7 +525,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
   }
   server->one_shot = false;
   server->accepting = was_accepting;
-  uvs__listen_stream_update(server);
+  update_listener(server);
 
   if (r == 0 && server->one_shot_timed_out) {
     if (server->config.hooks.handle_timeout != NULL) {
@@ -534,9 +574,10 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
   server->accepting = false;
   hold(server, false);
 
-  uvs__listen_stream_close(server);
+  close_listener(server);
   close_server_handle(server, (uv_handle_t*) &server->service_timer);
   close_server_handle(server, (uv_handle_t*) &server->accept_retry);
+  close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
   /* Requests no worker has started are dropped; running handlers are
    * woken with UV_ECANCELED by their connection's close. */
   if (server->pool != NULL)

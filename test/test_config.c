@@ -39,6 +39,8 @@ static void config_defaults(void) {
   ASSERT_EQ(config.input_high_water, 65536);
   ASSERT_EQ(config.output_high_water, 262144);
   ASSERT_EQ(config.max_write_queue, 0);
+  ASSERT_EQ(config.max_packet_size, 65536);
+  ASSERT_EQ(config.unlink_on_close, 1);
 }
 
 
@@ -116,6 +118,11 @@ static void new_rejects_bad_arguments(void) {
       uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
       UV_EINVAL);
   uvs_config_init(&config);
+  config.max_packet_size = 0;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "udp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
   config.mode = (uvs_mode_t) 42;
   ASSERT_ERR(
       uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
@@ -124,58 +131,67 @@ static void new_rejects_bad_arguments(void) {
 }
 
 
-/* Modes and transports of later releases say so instead of misbehaving. */
+/* The forking mode of a later release says so instead of misbehaving, on
+ * every transport, and leaves no socket file behind. */
 static void new_rejects_unserved(void) {
-  static const uvs_mode_t modes[] = { UVS_MODE_FORKING };
-  static const char* const addrs[] = { "udp://127.0.0.1:0",
-                                       "unix:/tmp/uvs-never-made.sock",
-                                       "unixgram:/tmp/uvs-never-made.sock" };
+  char dir[] = "/tmp/uvs-config-XXXXXX";
+  char addrs[4][96];
   uvs_handler_t handler;
   uvs_config_t config;
   uvs_server_t* server;
   size_t i;
 
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  snprintf(addrs[0], sizeof(addrs[0]), "tcp://127.0.0.1:0");
+  snprintf(addrs[1], sizeof(addrs[1]), "udp://127.0.0.1:0");
+  snprintf(addrs[2], sizeof(addrs[2]), "unix:%s/s", dir);
+  snprintf(addrs[3], sizeof(addrs[3]), "unixgram:%s/g", dir);
   memset(&handler, 0, sizeof(handler));
-  for (i = 0; i < ARRAY_SIZE(modes); i++) {
-    uvs_config_init(&config);
-    config.mode = modes[i];
-    ASSERT_ERR(
-        uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
-        UV_ENOTSUP);
-    ASSERT_NULL(server);
-  }
   for (i = 0; i < ARRAY_SIZE(addrs); i++) {
-    ASSERT_ERR(uvs_server_new(NULL, &server, addrs[i], &handler, NULL),
+    uvs_config_init(&config);
+    config.mode = UVS_MODE_FORKING;
+    ASSERT_ERR(uvs_server_new(NULL, &server, addrs[i], &handler, &config),
                UV_ENOTSUP);
     ASSERT_NULL(server);
   }
-  ASSERT_EQ(access("/tmp/uvs-never-made.sock", F_OK), -1);
+  ASSERT_EQ(rmdir(dir), 0); /* empty: no socket file was left */
 }
 
 
-/* Every allocation uvs_server_new makes can fail: each failure returns
- * UV_ENOMEM and leaves nothing behind (ASan checks the leaks, the harness
- * the descriptors). */
+/* Every allocation uvs_server_new makes can fail, on every transport: each
+ * failure returns UV_ENOMEM and leaves nothing behind (ASan checks the
+ * leaks, the harness the descriptors, rmdir the socket files). */
 static void new_survives_allocation_failures(void) {
+  char dir[] = "/tmp/uvs-config-XXXXXX";
+  char addrs[4][96];
   uvs_handler_t handler;
   uvs_server_t* server;
+  size_t i;
   long n;
   int r;
 
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  snprintf(addrs[0], sizeof(addrs[0]), "tcp://127.0.0.1:0");
+  snprintf(addrs[1], sizeof(addrs[1]), "udp://127.0.0.1:0");
+  snprintf(addrs[2], sizeof(addrs[2]), "unix:%s/s", dir);
+  snprintf(addrs[3], sizeof(addrs[3]), "unixgram:%s/g", dir);
   memset(&handler, 0, sizeof(handler));
-  for (n = 0; n < 64; n++) {
-    uvs__alloc_fail_after(n);
-    r = uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, NULL);
-    uvs__alloc_fail_after(-1);
-    if (r == 0) {
-      ASSERT_OK(uvs_server_close(server, NULL));
-      break;
+  for (i = 0; i < ARRAY_SIZE(addrs); i++) {
+    for (n = 0; n < 64; n++) {
+      uvs__alloc_fail_after(n);
+      r = uvs_server_new(NULL, &server, addrs[i], &handler, NULL);
+      uvs__alloc_fail_after(-1);
+      if (r == 0) {
+        ASSERT_OK(uvs_server_close(server, NULL));
+        break;
+      }
+      ASSERT_ERR(r, UV_ENOMEM);
+      ASSERT_NULL(server);
     }
-    ASSERT_ERR(r, UV_ENOMEM);
-    ASSERT_NULL(server);
+    ASSERT_LT(n, 64);
+    ASSERT_GT(n, 0);
   }
-  ASSERT_LT(n, 64);
-  ASSERT_GT(n, 0);
+  ASSERT_EQ(rmdir(dir), 0);
 }
 
 
