@@ -205,7 +205,9 @@ typedef struct uvs_config_s {
   int request_queue_size;
   /* SO_REUSEADDR (allow_reuse_address). Default 1, not Python's 0: a
    * restarted server must not fail with EADDRINUSE because of TIME_WAIT
-   * sockets; on POSIX it never lets two live listeners share a port. */
+   * sockets; on POSIX it never lets two live listeners share a port. It
+   * is never set on UDP, where Linux would let two live sockets share a
+   * port (use allow_reuse_port for that). */
   int allow_reuse_address;
   /* SO_REUSEPORT (allow_reuse_port). Default 0: it lets several live
    * sockets share one port, which must be asked for. */
