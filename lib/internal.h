@@ -361,6 +361,9 @@ void uvs__listen_stream_close(uvs_server_t* server);
 #define UVS__DGRAM_RETRY_MAX_MS 1000
 /* At most this many unixgram replies wait for the socket. */
 #define UVS__DGRAM_QUEUE_MAX 1024
+/* At most this many datagram requests wait for a worker or run; past it
+ * receiving pauses until one is done. */
+#define UVS__DGRAM_REQUESTS_MAX 1024
 
 /* Makes the loop's handle for the datagram socket (uv_udp_t for UDP,
  * uv_poll_t for unixgram) and the retry timer. Returns 0 or the error;

@@ -120,9 +120,13 @@ int uvs__listen_dgram_init(uvs_server_t* server) {
 
 
 int uvs__listen_dgram_update(uvs_server_t* server) {
+  /* A flood of datagrams must not become a flood of queued requests:
+   * past the limit they wait in the socket's buffer (and the kernel drops
+   * what does not fit, as for any slow UDP reader). */
   bool want = server->accepting && server->listening && !server->closing &&
               !server->accept_backoff &&
               !(server->one_shot && server->one_shot_taken) &&
+              server->nconns < UVS__DGRAM_REQUESTS_MAX &&
               (server->udp_opened || server->poll_inited);
   int r;
 

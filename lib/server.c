@@ -739,6 +739,9 @@ static void release_mailbox(uvs_server_t* server) {
 void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
   if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
     server->one_shot_done = true;
+  /* A datagram request less: receiving may resume (listen_dgram.c). */
+  if (server->dgram && !server->closing)
+    uvs__listen_dgram_update(server);
   maybe_finish_close(server);
 }
 
