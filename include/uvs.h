@@ -58,8 +58,18 @@ typedef enum uvs_errno_e {
 #define UVS__ERRNO_ENUM(name, value, message) UVS_##name = (value),
   UVS_ERRNO_MAP(UVS__ERRNO_ENUM)
 #undef UVS__ERRNO_ENUM
-  UVS_ERRNO_MIN = -4200 /* the lowest uvs code */
+  UVS_ERRNO_MIN = -4727 /* the lowest uvs code (UVS_ECHILD_SIGNAL(127)) */
 } uvs_errno_t;
+
+/* Forking mode: how a child ended badly, as the status handle_error gets
+ * in the parent (with a NULL conn and the request's peer): an exit status
+ * from 3 to 255, or the number of the signal that killed it. */
+#define UVS_ECHILD_EXIT(n)        (-4300 - (n))
+#define UVS_ECHILD_SIGNAL(s)      (-4600 - (s))
+#define UVS_IS_ECHILD_EXIT(e)     ((e) <= -4301 && (e) >= -4555)
+#define UVS_IS_ECHILD_SIGNAL(e)   ((e) <= -4601 && (e) >= -4727)
+#define UVS_ECHILD_EXIT_STATUS(e) (-4300 - (e))
+#define UVS_ECHILD_SIGNAL_NUM(e)  (-4600 - (e))
 
 
 /* ---- Opaque types ---------------------------------------------------- */
@@ -78,14 +88,13 @@ typedef enum uvs_transport_e {
   UVS_TRANSPORT_UNIXGRAM /* unixgram:PATH (datagram) */
 } uvs_transport_t;
 
-/* How handlers run (socketserver's mixins). This release serves event,
- * sync and threading on every transport; uvs_server_new returns
- * UV_ENOTSUP for forking. */
+/* How handlers run (socketserver's mixins), on every transport. */
 typedef enum uvs_mode_e {
   UVS_MODE_EVENT = 0, /* on_open/on_data/on_close on the loop thread */
   UVS_MODE_SYNC,      /* plain TCPServer: blocking handle(), one at a time */
   UVS_MODE_THREADING, /* ThreadingMixIn: blocking handle() on a worker pool */
-  UVS_MODE_FORKING    /* ForkingMixIn: a child process per request */
+  UVS_MODE_FORKING    /* ForkingMixIn: a child process per request; see
+                       * "Forking mode" below uvs_server_child_count */
 } uvs_mode_t;
 
 
@@ -136,7 +145,8 @@ typedef void (*uvs_close_cb)(uvs_conn_t* conn, int status);
 /* A datagram of `len` bytes (0 for an empty one) arrived from `peer`
  * (event mode, udp:// and unixgram:). `data` and `peer` are borrowed until
  * return; answer with uvs_server_send_to. An unbound unixgram client has
- * an unnamed `peer` (its text form is "unix:") and cannot be answered. */
+ * an unnamed `peer` (its text form is "unixgram:") and cannot be
+ * answered. */
 typedef void (*uvs_datagram_cb)(uvs_server_t* server,
                                 const char* data,
                                 size_t len,
@@ -262,6 +272,18 @@ typedef struct uvs_config_s {
    * for handlers, whatever block_on_close says. Default 0. */
   int daemon_threads;
 
+  /* ---- Forking mode (ForkingMixIn) ---- */
+  /* Most children alive at once (max_children). Default 40, as Python.
+   * At the limit accepting pauses (connections wait in the backlog,
+   * datagrams in the socket's buffer) until a child exits. */
+  unsigned max_children;
+  /* With block_on_close, the longest uvs_server_close waits for running
+   * children; the ones still alive then are killed (SIGKILL) and reaped,
+   * so no zombie outlives the close. Milliseconds, default 300000 (Python's
+   * ForkingMixIn.timeout). Without block_on_close the children are left to
+   * finish and a background thread reaps them. */
+  uint64_t children_wait_ms;
+
   /* ---- Request I/O (StreamRequestHandler) ---- */
   /* Each blocking request I/O call (uvs_recv, uvs_readline, uvs_sendall,
    * ...) fails with UV_ETIMEDOUT when it cannot finish within this many
@@ -378,7 +400,8 @@ UVS_EXTERN int uvs_address_parse(const char* text, uvs_address_t* addr);
 /** Formats `addr` as text that uvs_address_parse reads back into `buf`
  * of `*size` bytes (UVS_ADDRSTRLEN is always enough), and sets `*size` to
  * its length without the NUL. An unnamed Unix socket (an unbound client)
- * formats as "unix:", which does not parse back. Returns 0, UV_EINVAL for
+ * formats as its scheme alone ("unix:" or "unixgram:"), which does not
+ * parse back. Returns 0, UV_EINVAL for
  * an address it cannot format (unknown transport, an abstract name with a
  * NUL byte), or UV_ENOBUFS with `*size` set to the bytes needed, NUL
  * included, and nothing written. Threads: any. */
@@ -553,6 +576,38 @@ UVS_EXTERN int uvs_server_send_to(uvs_server_t* server,
                                   const uvs_address_t* peer,
                                   const void* data,
                                   size_t len);
+
+
+/** Returns the number of forked children alive and not yet reaped
+ * (forking mode; 0 in the other modes). Threads: any. */
+UVS_EXTERN unsigned uvs_server_child_count(const uvs_server_t* server);
+
+/* Forking mode (ForkingMixIn). For each request the parent forks; it
+ * closes its copy of the connection at once, counts the child, and reaps
+ * it on SIGCHLD (a uv_signal_t) with waitpid on its own children only,
+ * never waitpid(-1), so children of the application and of uv_spawn are
+ * left alone. The child runs setup, handle and finish with the same
+ * request I/O as sync mode (on the descriptor), then shutdown_request,
+ * closes the connection and _exits: status 0 when served, 1 after a
+ * handler error (reported by handle_error in the child, as Python), 2
+ * after UVS_ESTOP (the parent then stops serving, as in the other
+ * modes). In the parent, any other exit status, or a signal that killed
+ * the child (a crash), reaches handle_error as UVS_ECHILD_EXIT(n) or
+ * UVS_ECHILD_SIGNAL(s); the server goes on serving. A datagram child
+ * sends its reply itself, from the server's socket.
+ *
+ * In the child, a handler may use the request I/O calls, the uvs_conn_*
+ * getters, uvs_conn_write (sent at once), uvs_conn_close, uvs_conn_abort,
+ * and anything of its own that is safe after fork. It must return rather
+ * than exit, and must not use the loop or any other uvs_server_* call:
+ * the child only has the thread that forked, the loop belongs to the
+ * parent, and signal handlers are reset to their defaults (a libuv
+ * handler would report the child's signals to the parent's loop). The
+ * child closes every listening socket and open connection of every uvs
+ * server in the process, except its own connection (and a datagram
+ * server's socket, for the reply); the application's other descriptors
+ * stay open. Forking from a multi-threaded process copies only the
+ * forking thread: locks other threads hold stay locked in the child. */
 
 
 /* ---- Connection ------------------------------------------------------ */

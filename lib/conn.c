@@ -1039,6 +1039,42 @@ static void dgram_done(uvs_conn_t* conn) {
 }
 
 
+/* ---- Forked children ------------------------------------------------ */
+
+uvs_conn_t* uvs__conn_new_forked(uvs_server_t* server,
+                                 uv_os_sock_t fd,
+                                 const uvs_address_t* peer,
+                                 const char* data,
+                                 size_t len,
+                                 uint64_t id) {
+  uvs_conn_t* conn;
+  int r;
+
+  if (server->config.disable_nagle_algorithm && !server->dgram &&
+      !is_pipe(server)) {
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  }
+  conn = uvs__calloc(1, state_offset() + server->handler.state_size);
+  if (conn == NULL)
+    return NULL;
+  conn->server = server;
+  conn->peer = *peer;
+  conn->fd = fd;
+  conn->id = id;
+  conn->dgram = server->dgram;
+  conn->forked = true;
+  conn->opened = true;
+  if (server->handler.state_size > 0)
+    conn->state = (char*) conn + state_offset();
+  r = conn->dgram ? uvs__reqio_new_datagram(conn, data, len)
+                  : uvs__reqio_new(conn);
+  if (r != 0)
+    return NULL; /* the child exits: nothing to free */
+  return conn;
+}
+
+
 /* ---- Properties ----------------------------------------------------- */
 
 const uvs_address_t* uvs_conn_peer(const uvs_conn_t* conn) {

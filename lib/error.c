@@ -40,6 +40,10 @@ const char* uvs_strerror(int err) {
   return message;
   UVS_ERRNO_MAP(UVS__ERRNO_MSG)
 #undef UVS__ERRNO_MSG
+  if (UVS_IS_ECHILD_EXIT(err))
+    return "a forked child exited with an error status";
+  if (UVS_IS_ECHILD_SIGNAL(err))
+    return "a forked child was killed by a signal";
   if (err == 0)
     return "success";
   if (!is_known(err))
@@ -54,6 +58,10 @@ const char* uvs_err_name(int err) {
   return #name;
   UVS_ERRNO_MAP(UVS__ERRNO_NAME)
 #undef UVS__ERRNO_NAME
+  if (UVS_IS_ECHILD_EXIT(err))
+    return "ECHILDEXIT";
+  if (UVS_IS_ECHILD_SIGNAL(err))
+    return "ECHILDSIGNAL";
   if (err == 0)
     return "OK";
   if (!is_known(err))

@@ -210,6 +210,13 @@ size_t uvs__pool_thread_records(uvs__pool_t* pool);
 
 /* ---- server.c -------------------------------------------------------- */
 
+/* A forked child of a server (fork.c). */
+typedef struct uvs__child_s {
+  pid_t pid;
+  uint64_t id; /* its request's number, as uvs_conn_id */
+  uvs_address_t peer;
+} uvs__child_t;
+
 /* serve_forever's state machine (socketserver-reference.md 4.1). */
 typedef enum {
   UVS__IDLE_NEW = 0, /* no serve_forever has run */
@@ -289,6 +296,20 @@ struct uvs_server_s {
   uvs__pool_t* pool;
   bool pool_detached; /* closed without waiting for handlers */
 
+  /* Forking mode (fork.c). `nchildren` is written on the loop thread
+   * under `lock` (uvs_server_child_count reads it from any thread). */
+  uvs__child_t* children; /* max_children entries */
+  unsigned nchildren;
+  uv_signal_t child_signal;
+  uv_timer_t children_timer; /* bounds the wait at close */
+  bool fork_inited;
+  bool child_signal_inited;
+  bool children_waiting; /* closing: waiting for the children */
+  bool children_killed;  /* the wait is over: they were killed */
+
+  /* Every server of the process (server.c), for a forked child. */
+  uvs__list_t registry_node;
+
   /* handle_request. */
   bool running;            /* serve_forever or handle_request runs */
   bool one_shot;           /* accept one connection, then stop */
@@ -319,6 +340,11 @@ void uvs__server_closing_handle(uvs_server_t* server);
 void uvs__server_handle_closed(uvs_server_t* server);
 /* A connection finished; handle_request uses this to know it is done. */
 void uvs__server_conn_done(uvs_server_t* server, uint64_t id);
+/* Starts or stops the listener to match the server's state. */
+int uvs__server_update_listener(uvs_server_t* server);
+/* In a forked child: closes the listening sockets and open connections of
+ * every uvs server in the process, except descriptor `keep`. */
+void uvs__server_close_inherited(uvs_server_t* self, uv_os_sock_t keep);
 /* A shutdown asked the running serve_forever to return. Any thread. */
 bool uvs__server_stop_requested(uvs_server_t* server);
 /* A handler returned UVS_ESTOP: stop serve_forever (or make the running
@@ -384,6 +410,27 @@ void uvs__listen_dgram_reply(uvs_server_t* server,
                              const uvs_address_t* peer,
                              uvs__chunk_t* chunks,
                              size_t len);
+
+
+/* ---- fork.c ---------------------------------------------------------- */
+
+/* Allocates the child table and starts watching SIGCHLD. Returns 0 or the
+ * error; uvs__fork_close closes what was made. */
+int uvs__fork_init(uvs_server_t* server);
+/* Forks for one request: the connection `fd` (stream) or the datagram
+ * `data`, `len` (`fd` is the server's socket then). Returns 0 or the fork
+ * error (the caller still owns `fd`). */
+int uvs__fork_request(uvs_server_t* server,
+                      uv_os_sock_t fd,
+                      const uvs_address_t* peer,
+                      const char* data,
+                      size_t len);
+/* max_children are alive: the listeners pause. */
+bool uvs__fork_full(const uvs_server_t* server);
+/* At server close: waits for, kills or hands off the children, and closes
+ * the handles (counted with uvs__server_closing_handle). */
+void uvs__fork_close(uvs_server_t* server);
+void uvs__fork_free(uvs_server_t* server);
 
 
 /* ---- conn.c ---------------------------------------------------------- */
@@ -468,7 +515,8 @@ struct uvs_conn_s {
   bool shut_done;      /* our FIN is out: everything was sent */
   bool handle_closing; /* uv_close called */
   bool shutdown_notified;
-  bool dgram; /* a datagram request: no handle, `fd` is the server's */
+  bool dgram;  /* a datagram request: no handle, `fd` is the server's */
+  bool forked; /* in a forked child: never touches the loop */
 };
 
 /* Adopts accepted socket `fd` from `peer`: allocates the connection, starts
@@ -484,6 +532,14 @@ int uvs__conn_datagram(uvs_server_t* server,
                        const char* data,
                        size_t len,
                        const uvs_address_t* peer);
+/* In a forked child: the request for connection `fd` (or for datagram
+ * `data`, `len`). Returns NULL without memory. */
+uvs_conn_t* uvs__conn_new_forked(uvs_server_t* server,
+                                 uv_os_sock_t fd,
+                                 const uvs_address_t* peer,
+                                 const char* data,
+                                 size_t len,
+                                 uint64_t id);
 /* Closes at once with `status` (server close: UV_ECANCELED). */
 void uvs__conn_close_now(uvs_conn_t* conn, int status);
 /* Threading mode, server closing without waiting for handlers: hands
@@ -505,8 +561,9 @@ int uvs__reqio_new(uvs_conn_t* conn);
 int uvs__reqio_new_datagram(uvs_conn_t* conn, const char* data, size_t len);
 void uvs__reqio_free(uvs__io_t* io);
 /* Runs setup, handle, finish, flushes uvs_write's buffer, then reports an
- * error to handle_error and a UVS_ESTOP to the server. */
-void uvs__reqio_run(uvs_conn_t* conn);
+ * error to handle_error and a UVS_ESTOP to the server (not from a forked
+ * child). Returns 0, the handler's error, or UVS_ESTOP. */
+int uvs__reqio_run(uvs_conn_t* conn);
 /* The loop closes a threading connection: wakes the handler with `err`. */
 void uvs__reqio_cancel(uvs_conn_t* conn, int err);
 /* uvs_conn_write in the blocking modes: queued and capped (threading, any

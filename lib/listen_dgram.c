@@ -127,6 +127,7 @@ int uvs__listen_dgram_update(uvs_server_t* server) {
               !server->accept_backoff &&
               !(server->one_shot && server->one_shot_taken) &&
               server->nconns < UVS__DGRAM_REQUESTS_MAX &&
+              !uvs__fork_full(server) &&
               (server->udp_opened || server->poll_inited);
   int r;
 
@@ -286,7 +287,12 @@ static void take_datagram(uvs_server_t* server,
       server->one_shot_done = true;
     return;
   }
-  r = uvs__conn_datagram(server, data, len, &peer);
+  if (server->config.mode == UVS_MODE_FORKING) {
+    r = uvs__fork_request(server, server->fd, &peer, data, len);
+    uvs__listen_dgram_update(server); /* pauses at max_children */
+  } else {
+    r = uvs__conn_datagram(server, data, len, &peer);
+  }
   if (r != 0) {
     uvs__server_error(server, NULL, &peer, r);
     if (server->one_shot)
@@ -298,10 +304,12 @@ static void take_datagram(uvs_server_t* server,
 static void on_udp_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf) {
   uvs_server_t* server = uv_handle_get_data(handle);
   (void) size;
-  /* One slot where only one datagram may be taken per read: the rest of
-   * a batch would be read before a stop could take effect. */
+  /* One slot where only one datagram may be taken per read (sync mode,
+   * handle_request, forking at max_children): the rest of a batch would be
+   * read before a stop could take effect. */
   buf->base = server->read_buf;
-  buf->len = server->one_shot || server->config.mode == UVS_MODE_SYNC
+  buf->len = server->one_shot || server->config.mode == UVS_MODE_SYNC ||
+                     server->config.mode == UVS_MODE_FORKING
                  ? UDP_SLOT
                  : UDP_SLOT * UDP_BATCH;
 }
@@ -504,7 +512,7 @@ static void on_retry(uv_timer_t* handle) {
     r = unix_sendto(server, &p->peer, p->data, p->len);
     if (r == UV_EAGAIN || r == UV_ENOBUFS) {
       if (now - p->since >= UVS__DGRAM_RETRY_MAX_MS) {
-        reply_dropped(server, &p->peer, UV_ETIMEDOUT);
+        reply_dropped(server, &p->peer, UV_EAGAIN);
         drop_pending(server, p);
         continue;
       }

@@ -43,7 +43,8 @@ int uvs__listen_stream_activate(uvs_server_t* server) {
 int uvs__listen_stream_update(uvs_server_t* server) {
   bool want = server->accepting && server->listening && server->poll_inited &&
               !server->closing && !server->accept_backoff &&
-              !(server->one_shot && server->one_shot_taken);
+              !(server->one_shot && server->one_shot_taken) &&
+              !uvs__fork_full(server);
   int r;
 
   if (want == server->poll_active)
@@ -165,6 +166,20 @@ static void take_connection(uvs_server_t* server,
     return;
   }
 
+  if (server->config.mode == UVS_MODE_FORKING) {
+    r = uvs__fork_request(server, fd, &peer, NULL, 0);
+    if (r != 0) {
+      /* Python's process_request failing: handle_error, then
+       * shutdown_request. */
+      uvs__server_error(server, NULL, &peer, r);
+      uvs__server_shutdown_request(server, fd, &peer);
+      close(fd);
+      if (server->one_shot)
+        server->one_shot_done = true;
+    }
+    uvs__listen_stream_update(server); /* pauses at max_children */
+    return;
+  }
   r = uvs__conn_accept(server, fd, &peer, &id);
   if (r != 0) {
     uvs__server_error(server, NULL, &peer, r);

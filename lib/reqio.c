@@ -110,7 +110,7 @@ void uvs__reqio_free(uvs__io_t* io) {
 static void final_flush(uvs_conn_t* conn);
 
 
-void uvs__reqio_run(uvs_conn_t* conn) {
+int uvs__reqio_run(uvs_conn_t* conn) {
   uvs__io_t* io = conn->io;
   uvs_server_t* server = conn->server;
   bool stop = false;
@@ -147,14 +147,18 @@ void uvs__reqio_run(uvs_conn_t* conn) {
   cancelled = io->error == UV_ECANCELED;
   uv_mutex_unlock(&io->lock);
   if (orphaned)
-    return;
+    return 0;
   /* socketserver: an Exception reaches handle_error; SystemExit does not,
    * and stops the server. A handler passing on the UV_ECANCELED of a close
-   * by the server (or uvs_conn_close) reports no error of its own. */
-  if (err != 0 && !(err == UV_ECANCELED && cancelled))
+   * by the server (or uvs_conn_close) reports no error of its own. A
+   * forked child reports its stop through its exit status (fork.c). */
+  if (err == UV_ECANCELED && cancelled)
+    err = 0;
+  if (err != 0)
     uvs__server_error(server, conn, &conn->peer, err);
-  if (stop)
+  if (stop && !conn->forked)
     uvs__server_request_stop(server);
+  return stop ? UVS_ESTOP : err;
 }
 
 

@@ -40,6 +40,33 @@ static void free_server(void* arg);
 _Thread_local int uvs__callback_depth;
 
 
+/* Every server of the process, for a forked child to close what it
+ * inherited (fork.c). */
+static uv_once_t registry_once = UV_ONCE_INIT;
+static uv_mutex_t registry_lock;
+static uvs__list_t registry = { &registry, &registry };
+
+static void registry_init(void) {
+  if (uv_mutex_init(&registry_lock) != 0)
+    abort();
+}
+
+static void registry_add(uvs_server_t* server) {
+  uv_once(&registry_once, registry_init);
+  uv_mutex_lock(&registry_lock);
+  uvs__list_push(&registry, &server->registry_node);
+  uv_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(uvs_server_t* server) {
+  if (server->registry_node.next == NULL)
+    return; /* never added */
+  uv_mutex_lock(&registry_lock);
+  uvs__list_remove(&server->registry_node);
+  uv_mutex_unlock(&registry_lock);
+}
+
+
 /* SIGPIPE's default action kills the process on a write to a reset
  * connection. Ignore it once per process, unless the application has set a
  * handler of its own, which is left alone. */
@@ -62,16 +89,16 @@ static int check_config(const uvs_config_t* config) {
   if (config->request_queue_size < 0 || config->accept_batch == 0 ||
       config->read_buffer_size == 0 || config->timeout_ms < -1 ||
       config->request_timeout_ms < -1 || config->input_high_water == 0 ||
-      config->output_high_water == 0 || config->max_packet_size == 0) {
+      config->output_high_water == 0 || config->max_packet_size == 0 ||
+      config->max_children == 0) {
     return UV_EINVAL;
   }
   switch (config->mode) {
   case UVS_MODE_EVENT:
   case UVS_MODE_SYNC:
   case UVS_MODE_THREADING:
-    return 0;
   case UVS_MODE_FORKING:
-    return UV_ENOTSUP;
+    return 0;
   }
   return UV_EINVAL;
 }
@@ -95,6 +122,8 @@ void uvs_config_init(uvs_config_t* config) {
   config->thread_stack_size = 0;
   config->block_on_close = 1;
   config->daemon_threads = 0;
+  config->max_children = 40;
+  config->children_wait_ms = 300000;
   config->request_timeout_ms = -1;
   config->wbufsize = 0;
   config->disable_nagle_algorithm = 0;
@@ -249,12 +278,15 @@ int uvs_server_new(uv_loop_t* loop,
       server->poll_inited = true;
     }
   }
+  if (r == 0 && config->mode == UVS_MODE_FORKING)
+    r = uvs__fork_init(server);
   if (r != 0) {
     /* Handles exist now: unwind through the close path. */
     server->closing = true;
     server->close_sync = server->owned_loop != NULL;
     release_mailbox(server);
     close_listener(server);
+    uvs__fork_close(server);
     close_server_handle(server, (uv_handle_t*) &server->service_timer);
     close_server_handle(server, (uv_handle_t*) &server->accept_retry);
     close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
@@ -266,6 +298,7 @@ int uvs_server_new(uv_loop_t* loop,
     return r;
   }
 
+  registry_add(server);
   *server_out = server;
   return 0;
 
@@ -298,8 +331,7 @@ int uvs_server_activate(uvs_server_t* server) {
 }
 
 
-/* Starts or stops the listener to match the server's state. */
-static int update_listener(uvs_server_t* server) {
+int uvs__server_update_listener(uvs_server_t* server) {
   if (server->dgram)
     return uvs__listen_dgram_update(server);
   return uvs__listen_stream_update(server);
@@ -331,7 +363,7 @@ int uvs_server_start(uvs_server_t* server) {
       return r;
   }
   server->accepting = true;
-  return update_listener(server);
+  return uvs__server_update_listener(server);
 }
 
 
@@ -341,7 +373,7 @@ int uvs_server_stop(uvs_server_t* server) {
   server->accepting = false;
   if (server->closing)
     return 0;
-  return update_listener(server);
+  return uvs__server_update_listener(server);
 }
 
 
@@ -525,7 +557,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
   }
   server->one_shot = false;
   server->accepting = was_accepting;
-  update_listener(server);
+  uvs__server_update_listener(server);
 
   if (r == 0 && server->one_shot_timed_out) {
     if (server->config.hooks.handle_timeout != NULL) {
@@ -578,6 +610,8 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
   close_server_handle(server, (uv_handle_t*) &server->service_timer);
   close_server_handle(server, (uv_handle_t*) &server->accept_retry);
   close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
+  /* Children: waited for, or left to a reaper thread (fork.c). */
+  uvs__fork_close(server);
   /* Requests no worker has started are dropped; running handlers are
    * woken with UV_ECANCELED by their connection's close. */
   if (server->pool != NULL)
@@ -708,6 +742,27 @@ void uvs__server_shutdown_request(uvs_server_t* server,
 }
 
 
+void uvs__server_close_inherited(uvs_server_t* self, uv_os_sock_t keep) {
+  uvs__list_t* node;
+  (void) self;
+  /* Only the forking thread exists in the child: no lock can be taken
+   * safely, and none is needed. */
+  for (node = registry.next; node != &registry; node = node->next) {
+    uvs_server_t* server = container_of(node, uvs_server_t, registry_node);
+    uvs__list_t* c;
+    if (server->fd >= 0 && server->fd != keep)
+      close(server->fd);
+    for (c = server->conns.next; c != &server->conns; c = c->next) {
+      uvs_conn_t* conn = container_of(c, uvs_conn_t, node);
+      if (!conn->dgram && !conn->handle_closing && conn->fd >= 0 &&
+          conn->fd != keep) {
+        close(conn->fd);
+      }
+    }
+  }
+}
+
+
 /* The asynchronous close ends when the last handle and the last connection
  * have closed; a synchronous close finishes after its own loop instead. */
 static void maybe_finish_close(uvs_server_t* server) {
@@ -799,6 +854,8 @@ static void finish_close(uvs_server_t* server) {
 
 static void free_server(void* arg) {
   uvs_server_t* server = arg;
+  registry_remove(server);
+  uvs__fork_free(server);
   uv_mutex_destroy(&server->lock);
   uv_mutex_destroy(&server->conns_lock);
   uv_cond_destroy(&server->cond);

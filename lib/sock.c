@@ -9,7 +9,10 @@
  * listens on any more, left by a crash) is replaced at bind; a live one
  * gives UV_EADDRINUSE; anything that is not a socket is never removed. A
  * probe connect() tells stale from live: the kernel refuses it
- * (ECONNREFUSED) only when no socket is bound to the file. At close the
+ * (ECONNREFUSED) only when no socket is bound to the file. The probe is a
+ * datagram socket whatever the server's type: connecting one sends
+ * nothing, and against a live stream listener it fails with EPROTOTYPE
+ * instead of leaving a connection in that server's backlog. At close the
  * file is removed when it is still the one this server bound (same device
  * and inode), so a server that took the path over since keeps its file.
  * Linux abstract names (a leading NUL) have no file and need neither step.
@@ -92,8 +95,7 @@ static int unix_prepare(uvs_server_t* server) {
     return errno == ENOENT ? 0 : UVS__ERR(errno);
   if (!S_ISSOCK(st.st_mode))
     return UV_EADDRINUSE; /* a file, a directory: never ours to remove */
-  probe =
-      socket(AF_UNIX, socket_type(server) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (probe < 0)
     return UVS__ERR(errno);
   err = 0;
@@ -101,9 +103,9 @@ static int unix_prepare(uvs_server_t* server) {
     err = errno;
   close(probe);
   if (err != ECONNREFUSED) {
-    /* Connected, or a listener with a full backlog (EAGAIN), or a live
-     * socket of the other type (EPROTOTYPE): somebody serves there. Any
-     * other failure (EACCES) is the answer the bind would give too. */
+    /* Connected (a live datagram socket) or EPROTOTYPE (a live stream
+     * socket): somebody serves there. Any other failure (EACCES) is the
+     * answer the bind would give too. */
     if (err == 0 || err == EAGAIN || err == EINPROGRESS || err == EPROTOTYPE)
       return UV_EADDRINUSE;
     return UVS__ERR(err);

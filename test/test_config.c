@@ -41,6 +41,8 @@ static void config_defaults(void) {
   ASSERT_EQ(config.max_write_queue, 0);
   ASSERT_EQ(config.max_packet_size, 65536);
   ASSERT_EQ(config.unlink_on_close, 1);
+  ASSERT_EQ(config.max_children, 40);
+  ASSERT_EQ(config.children_wait_ms, 300000);
 }
 
 
@@ -72,6 +74,22 @@ static void error_text(void) {
   ASSERT_STR_EQ(uvs_strerror(UVS_ESTOP),
                 "the handler asked the server to stop");
   ASSERT_TRUE((int) UVS_ESTOP < (int) UV_ERRNO_MAX);
+  /* A forked child's end, in the parent: its exit status or signal. */
+  ASSERT_TRUE(UVS_IS_ECHILD_EXIT(UVS_ECHILD_EXIT(3)));
+  ASSERT_TRUE(UVS_IS_ECHILD_EXIT(UVS_ECHILD_EXIT(255)));
+  ASSERT_FALSE(UVS_IS_ECHILD_EXIT(UVS_ECHILD_SIGNAL(11)));
+  ASSERT_TRUE(UVS_IS_ECHILD_SIGNAL(UVS_ECHILD_SIGNAL(11)));
+  ASSERT_FALSE(UVS_IS_ECHILD_SIGNAL(UVS_ESTOP));
+  ASSERT_EQ(UVS_ECHILD_EXIT_STATUS(UVS_ECHILD_EXIT(72)), 72);
+  ASSERT_EQ(UVS_ECHILD_SIGNAL_NUM(UVS_ECHILD_SIGNAL(6)), 6);
+  ASSERT_TRUE(UVS_ECHILD_SIGNAL(127) >= (int) UVS_ERRNO_MIN);
+  ASSERT_TRUE(UVS_ECHILD_EXIT(1) < (int) UVS_ESTOP);
+  ASSERT_STR_EQ(uvs_err_name(UVS_ECHILD_EXIT(72)), "ECHILDEXIT");
+  ASSERT_STR_EQ(uvs_err_name(UVS_ECHILD_SIGNAL(9)), "ECHILDSIGNAL");
+  ASSERT_STR_EQ(uvs_strerror(UVS_ECHILD_SIGNAL(11)),
+                "a forked child was killed by a signal");
+  ASSERT_STR_EQ(uvs_strerror(UVS_ECHILD_EXIT(3)),
+                "a forked child exited with an error status");
 }
 
 
@@ -118,6 +136,12 @@ static void new_rejects_bad_arguments(void) {
       uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
       UV_EINVAL);
   uvs_config_init(&config);
+  config.max_children = 0;
+  config.mode = UVS_MODE_FORKING;
+  ASSERT_ERR(
+      uvs_server_new(NULL, &server, "tcp://127.0.0.1:0", &handler, &config),
+      UV_EINVAL);
+  uvs_config_init(&config);
   config.max_packet_size = 0;
   ASSERT_ERR(
       uvs_server_new(NULL, &server, "udp://127.0.0.1:0", &handler, &config),
@@ -131,9 +155,13 @@ static void new_rejects_bad_arguments(void) {
 }
 
 
-/* The forking mode of a later release says so instead of misbehaving, on
- * every transport, and leaves no socket file behind. */
-static void new_rejects_unserved(void) {
+/* Every mode on every transport makes a server, which closes without
+ * leaving a socket file behind. */
+static void new_serves_every_mode(void) {
+  static const uvs_mode_t modes[] = { UVS_MODE_EVENT,
+                                      UVS_MODE_SYNC,
+                                      UVS_MODE_THREADING,
+                                      UVS_MODE_FORKING };
   char dir[] = "/tmp/uvs-config-XXXXXX";
   char addrs[4][96];
   uvs_handler_t handler;
@@ -148,11 +176,13 @@ static void new_rejects_unserved(void) {
   snprintf(addrs[3], sizeof(addrs[3]), "unixgram:%s/g", dir);
   memset(&handler, 0, sizeof(handler));
   for (i = 0; i < ARRAY_SIZE(addrs); i++) {
-    uvs_config_init(&config);
-    config.mode = UVS_MODE_FORKING;
-    ASSERT_ERR(uvs_server_new(NULL, &server, addrs[i], &handler, &config),
-               UV_ENOTSUP);
-    ASSERT_NULL(server);
+    size_t m;
+    for (m = 0; m < ARRAY_SIZE(modes); m++) {
+      uvs_config_init(&config);
+      config.mode = modes[m];
+      ASSERT_OK(uvs_server_new(NULL, &server, addrs[i], &handler, &config));
+      ASSERT_OK(uvs_server_close(server, NULL));
+    }
   }
   ASSERT_EQ(rmdir(dir), 0); /* empty: no socket file was left */
 }
@@ -223,7 +253,7 @@ static const test_case_t cases[] = {
   { "version", version },
   { "error_text", error_text },
   { "new_rejects_bad_arguments", new_rejects_bad_arguments },
-  { "new_rejects_unserved", new_rejects_unserved },
+  { "new_serves_every_mode", new_serves_every_mode },
   { "new_survives_allocation_failures", new_survives_allocation_failures },
 };
 
