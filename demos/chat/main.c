@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * uvs-chat: the line chat of DESIGN.md section 4, one protocol (chat.c)
- * over uvs's two handler styles. This file holds the command line, the
+ * over uvs's two handler styles, on a stream address (tcp:// or unix:;
+ * a datagram address exits 2). This file holds the command line, the
  * signal handling and the two front ends, whose only job is to turn bytes
  * into lines and tell the room when a client comes and goes:
  *
@@ -38,9 +39,11 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* How long open connections are served after the first signal (the
@@ -111,8 +114,10 @@ static const char usage_text[] =
     "\n"
     "  --listen ADDR      address to serve, default tcp://127.0.0.1:9999\n"
     "                     (port 0: any free port). Stream addresses only:\n"
-    "                     tcp://HOST:PORT today, unix:PATH when uvs serves\n"
-    "                     it; udp:// and unixgram: exit 2.\n"
+    "                     tcp://HOST:PORT or unix:PATH (@NAME: a Linux\n"
+    "                     abstract name; a stale socket file at PATH is\n"
+    "                     replaced, and the file is removed at exit);\n"
+    "                     udp:// and unixgram: exit 2.\n"
     "  --mode MODE        event (the default: callbacks on one loop thread)\n"
     "                     or thread (a blocking handler per client on a\n"
     "                     worker thread).\n"
@@ -138,8 +143,9 @@ static const char usage_text[] =
     "closes the rest and exits 0. A second signal exits at once with 1.\n"
     "\n"
     "Exit status: 0 after a signal; 1 when the address cannot be bound\n"
-    "(EADDRINUSE, EACCES, ...), on another run-time error, or on a second\n"
-    "signal; 2 for a bad flag, value, mode or address.\n";
+    "(EADDRINUSE, EACCES, a PATH that is not a socket, ...), on another\n"
+    "run-time error, or on a second signal; 2 for a bad flag, value, mode\n"
+    "or address.\n";
 
 
 /* ---- Command line ---------------------------------------------------- */
@@ -282,19 +288,16 @@ static void parse_args(int argc, char** argv, chat_options_t* opts) {
 
 
 /* Exits 2 for an address that does not parse or is not a stream, before
- * anything is bound. A stream address this release cannot serve yet
- * (unix:) goes on to uvs_server_new, whose UV_ENOTSUP exits 2 too, so the
- * demo serves it as soon as the library does. */
-static void check_address(const char* text) {
-  uvs_address_t addr;
+ * anything is bound. */
+static void check_address(const char* text, uvs_address_t* addr) {
   int err;
 
-  err = uvs_address_parse(text, &addr);
+  err = uvs_address_parse(text, addr);
   if (err != 0) {
     usage_error("bad address '%s': %s", text, uvs_strerror(err));
   }
-  if (addr.transport != UVS_TRANSPORT_TCP &&
-      addr.transport != UVS_TRANSPORT_UNIX) {
+  if (addr->transport != UVS_TRANSPORT_TCP &&
+      addr->transport != UVS_TRANSPORT_UNIX) {
     usage_error(
         "'%s' is a datagram address; the chat needs a stream "
         "(tcp:// or unix:)",
@@ -323,6 +326,34 @@ static int is_usage_error(int err) {
   default:
     return 0;
   }
+}
+
+
+/* uvs_server_new failed for `text` with `err`: one line to stderr. uvs
+ * never removes a file that is not a socket and reports it as
+ * UV_EADDRINUSE, which would read as "somebody serves there"; say what it
+ * is instead. */
+static void report_listen_error(const char* text,
+                                const uvs_address_t* addr,
+                                int err) {
+  const char* path = addr->u.un.sun_path;
+  struct stat st;
+
+  if (err == UV_EADDRINUSE && addr->transport == UVS_TRANSPORT_UNIX &&
+      addr->len > offsetof(struct sockaddr_un, sun_path) && path[0] != '\0' &&
+      lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    fprintf(stderr,
+            "uvs-chat: cannot listen on %s: %s exists and is not a socket "
+            "(left as it is)\n",
+            text,
+            path);
+    return;
+  }
+  fprintf(stderr,
+          "uvs-chat: cannot listen on %s: %s (%s)\n",
+          text,
+          uvs_strerror(err),
+          uvs_err_name(err));
 }
 
 
@@ -586,6 +617,7 @@ static void close_handle(uv_handle_t* handle) {
 int main(int argc, char** argv) {
   chat_options_t opts;
   chat_app_t app = { 0 };
+  uvs_address_t addr;
   uvs_config_t config;
   uvs_handler_t handler = { .state_size = sizeof(chat_conn_t) };
   uv_loop_t* loop;
@@ -595,7 +627,7 @@ int main(int argc, char** argv) {
   int err;
 
   parse_args(argc, argv, &opts);
-  check_address(opts.listen);
+  check_address(opts.listen, &addr);
 
   uvs_config_init(&config);
   config.mode = opts.mode;
@@ -623,11 +655,7 @@ int main(int argc, char** argv) {
   /* A NULL loop: the server makes and owns one; it binds and listens now. */
   err = uvs_server_new(NULL, &app.server, opts.listen, &handler, &config);
   if (err != 0) {
-    fprintf(stderr,
-            "uvs-chat: cannot listen on %s: %s (%s)\n",
-            opts.listen,
-            uvs_strerror(err),
-            uvs_err_name(err));
+    report_listen_error(opts.listen, &addr, err);
     chat_room_free(&app.room);
     return is_usage_error(err) ? 2 : 1;
   }

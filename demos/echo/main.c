@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * uvs-echo: the echo server of DESIGN.md section 4, in three modes.
- * Every byte a client sends comes back in order; on the client's EOF what is
- * pending is sent and the connection is closed.
+ * uvs-echo: the echo server of DESIGN.md section 4, on every transport
+ * (tcp://, unix: streams; udp://, unixgram: datagrams) in three modes.
+ * Stream: every byte a client sends comes back in order; on the client's
+ * EOF what is pending is sent and the connection is closed. Datagram: each
+ * datagram goes back to its sender unchanged, as one datagram.
  *
  * - event (the default): on_data writes the bytes back on the loop thread.
  *   A client that sends but never reads cannot grow memory: above
  *   ECHO_HIGH_WATER queued bytes the connection stops reading, and on_drain
- *   resumes it once the queue is empty.
+ *   resumes it once the queue is empty. A datagram is answered from
+ *   on_datagram with uvs_server_send_to, an empty one with an empty one.
  * - thread: a blocking handler (uvs_recv, then uvs_sendall) on a worker
  *   thread per client; --threads N caps the workers (more clients wait in
  *   arrival order), without it the pool grows with the clients
@@ -15,6 +18,20 @@
  *   the handler needs no backpressure code.
  * - sync: the same blocking handler on the loop thread, one client at a
  *   time; the next waits in the listen backlog (socketserver's TCPServer).
+ *
+ * In thread and sync mode a datagram is a request of its own
+ * (socketserver's DatagramRequestHandler): handle_datagram reads it whole
+ * (uvs_read_exact stops at its end) and writes it back, and uvs sends what
+ * was written as one datagram after finish. uvs sends nothing for an empty
+ * reply, so an empty datagram gets no answer in these modes; event mode
+ * answers it, since the contract says each datagram is sent back.
+ *
+ * A unixgram client that did not bind a name has no address to answer:
+ * its datagrams are served and the replies dropped, silently (uvs does that
+ * itself in the blocking modes; on_datagram does not even try). A reply
+ * to a client that has gone is dropped silently too; any other failure to
+ * answer (the server's send queue is full) is logged once until a reply
+ * goes out again, as uvs logs the blocking modes' dropped replies.
  *
  * Stopping follows DESIGN.md's three verbs. The first SIGINT/SIGTERM stops
  * accepting (uvs_server_stop); open connections are still served until they
@@ -24,7 +41,10 @@
  * signal exits at once with status 1. In event and thread mode the loop
  * always runs, so uv_signal_t delivers the signals. The end of a drain is
  * seen by on_close in event mode; the blocking modes have no on_close, so
- * a timer looks at uvs_server_connection_count every WATCH_MS instead.
+ * a timer looks at uvs_server_connection_count every WATCH_MS instead. A
+ * datagram server has no connections to drain: the signal stops receiving,
+ * and it closes as soon as the datagrams being served (blocking modes) are
+ * answered, which takes no time.
  *
  * Sync mode cannot use uv_signal_t: while a client is served the loop thread
  * is inside handle() and no loop callback runs. So sync mode installs plain
@@ -54,9 +74,11 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +88,11 @@
 /* Bytes a blocking handler reads at a time. Small enough that 200 worker
  * threads touch little stack; uvs buffers the input anyway. */
 #define ECHO_CHUNK 16384
+
+/* The largest datagram served (config.max_packet_size, uvs's default),
+ * which holds the largest UDP payload (65507 bytes); the blocking modes'
+ * handler reads a datagram into a buffer of this size. */
+#define ECHO_MAX_DATAGRAM 65536
 
 /* Thread and sync mode: how often the end of a drain is checked, in
  * milliseconds, since no on_close reports each connection's end. */
@@ -118,8 +145,9 @@ typedef struct echo_app_s {
   uint64_t drain_ms;
   uint64_t deadline_ms; /* CLOCK_MONOTONIC ms at which the drain ends */
   int quiet;
-  int stopping; /* the first signal has arrived */
-  int done;     /* uvs_server_shutdown has been asked */
+  int stopping;         /* the first signal has arrived */
+  int done;             /* uvs_server_shutdown has been asked */
+  int send_error_shown; /* event mode: a dropped reply was logged */
 } echo_app_t;
 
 /* Per-connection state (handler.state_size), event mode. */
@@ -142,18 +170,32 @@ static const char usage_text[] =
     "                [--threads N] [--max-conns N] [--idle-timeout SEC]\n"
     "                [--drain SEC] [--quiet] [--help]\n"
     "\n"
-    "An echo server on uvs: every byte a client sends comes back in order.\n"
+    "An echo server on uvs. Streams: every byte a client sends comes back\n"
+    "in order. Datagrams: each one goes back to its sender unchanged.\n"
     "\n"
     "  --listen ADDR       address to serve, default tcp://127.0.0.1:9999\n"
-    "                      (port 0: any free port). This release serves\n"
-    "                      tcp://HOST:PORT; udp://, unix: and unixgram:\n"
-    "                      addresses are not supported yet.\n"
+    "                      (port 0: any free port):\n"
+    "                        tcp://HOST:PORT   TCP stream;\n"
+    "                        udp://HOST:PORT   UDP datagrams, up to 65507\n"
+    "                                          bytes;\n"
+    "                        unix:PATH         Unix stream socket;\n"
+    "                        unixgram:PATH     Unix datagram socket.\n"
+    "                      HOST is an IPv4 address, [IPv6] or a name. A\n"
+    "                      PATH of @NAME is a Linux abstract name (no\n"
+    "                      file). A stale socket file at PATH is replaced;\n"
+    "                      the file is removed at exit. A unixgram client\n"
+    "                      must bind a name of its own to get replies.\n"
     "  --mode MODE         how clients are served:\n"
     "                        event   all on one thread, event-driven\n"
     "                                (the default);\n"
-    "                        thread  a worker thread per client;\n"
-    "                        sync    one client at a time, the next waits;\n"
+    "                        thread  a worker thread per client (per\n"
+    "                                datagram);\n"
+    "                        sync    one client (datagram) at a time, the\n"
+    "                                next waits;\n"
     "                        fork    not supported yet.\n"
+    "                      An empty datagram is answered with an empty one\n"
+    "                      in event mode only: thread and sync mode send\n"
+    "                      nothing for an empty reply.\n"
     "  --threads N         thread mode only: at most N worker threads\n"
     "                      (N >= 1); more clients wait for a free one in\n"
     "                      arrival order. Default: no cap, as many\n"
@@ -164,7 +206,8 @@ static const char usage_text[] =
     "                      (not supported yet).\n"
     "  --drain SEC         after SIGINT/SIGTERM, serve open connections for\n"
     "                      up to SEC seconds, then close them (default 5;\n"
-    "                      non-negative, fractions allowed).\n"
+    "                      non-negative, fractions allowed). A datagram\n"
+    "                      server has none: it exits at once.\n"
     "  --quiet             do not log connection errors to stderr.\n"
     "  --help              print this help to stdout and exit 0.\n"
     "\n"
@@ -177,8 +220,9 @@ static const char usage_text[] =
     "closes the rest and exits 0. A second signal exits at once with 1.\n"
     "\n"
     "Exit status: 0 after a signal; 1 when the address cannot be bound\n"
-    "(EADDRINUSE, EACCES, ...), on another run-time error, or on a second\n"
-    "signal; 2 for a bad flag, value or address.\n";
+    "(EADDRINUSE, EACCES, a PATH that is not a socket, ...), on another\n"
+    "run-time error, or on a second signal; 2 for a bad flag, value or\n"
+    "address.\n";
 
 
 /* ---- Command line ---------------------------------------------------- */
@@ -333,26 +377,48 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
 }
 
 
-/* Exits 2 for an address this release cannot serve or that does not
- * parse, before anything is bound. */
-static void check_address(const char* text) {
-  static const char* const later[] = { "udp://", "unix:", "unixgram:" };
-  uvs_address_t addr;
-  size_t k;
-  int err;
-
-  for (k = 0; k < sizeof(later) / sizeof(later[0]); k++) {
-    if (strncmp(text, later[k], strlen(later[k])) == 0) {
-      usage_error("%s addresses are not supported yet", later[k]);
-    }
-  }
-  err = uvs_address_parse(text, &addr);
+/* Parses the address before anything is bound; exits 2 when it does not
+ * parse. */
+static void check_address(const char* text, uvs_address_t* addr) {
+  int err = uvs_address_parse(text, addr);
   if (err != 0) {
     usage_error("bad address '%s': %s", text, uvs_strerror(err));
   }
-  if (addr.transport != UVS_TRANSPORT_TCP) {
-    usage_error("only tcp:// addresses are supported yet, not '%s'", text);
+}
+
+
+static int is_datagram(uvs_transport_t transport) {
+  return transport == UVS_TRANSPORT_UDP || transport == UVS_TRANSPORT_UNIXGRAM;
+}
+
+
+/* uvs_server_new failed for `text` with `err`: one line to stderr. uvs
+ * never removes a file that is not a socket and reports it as
+ * UV_EADDRINUSE, which would read as "somebody serves there"; say what it
+ * is instead. */
+static void report_listen_error(const char* text,
+                                const uvs_address_t* addr,
+                                int err) {
+  const char* path = addr->u.un.sun_path;
+  struct stat st;
+
+  if (err == UV_EADDRINUSE &&
+      (addr->transport == UVS_TRANSPORT_UNIX ||
+       addr->transport == UVS_TRANSPORT_UNIXGRAM) &&
+      addr->len > offsetof(struct sockaddr_un, sun_path) && path[0] != '\0' &&
+      lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    fprintf(stderr,
+            "uvs-echo: cannot listen on %s: %s exists and is not a socket "
+            "(left as it is)\n",
+            text,
+            path);
+    return;
   }
+  fprintf(stderr,
+          "uvs-echo: cannot listen on %s: %s (%s)\n",
+          text,
+          uvs_strerror(err),
+          uvs_err_name(err));
 }
 
 
@@ -494,6 +560,76 @@ static void on_close(uvs_conn_t* conn, int status) {
       uvs_server_connection_count(app->server) == 0) {
     finish(app);
   }
+}
+
+
+/* ---- Datagram echo (event mode, on the loop thread) ------------------ */
+
+/* An unbound unixgram client: its address has no name (formats as
+ * "unix:"), so there is nowhere to send a reply. */
+static int is_unnamed(const uvs_address_t* peer) {
+  return peer->transport == UVS_TRANSPORT_UNIXGRAM &&
+         peer->len <= offsetof(struct sockaddr_un, sun_path);
+}
+
+
+/* Sends the datagram back as it came, an empty one included. */
+static void on_datagram(uvs_server_t* server,
+                        const char* data,
+                        size_t len,
+                        const uvs_address_t* peer) {
+  echo_app_t* app = uvs_server_get_data(server);
+  char text[UVS_ADDRSTRLEN];
+  size_t size = sizeof(text);
+  int err;
+
+  if (is_unnamed(peer)) {
+    return; /* no return address: nothing to answer, nothing to report */
+  }
+  err = uvs_server_send_to(server, peer, data, len);
+  if (err == 0) {
+    app->send_error_shown = 0;
+    return;
+  }
+  /* A unixgram client that has gone (its socket closed or its file
+   * removed) is as silent as a lost UDP reply. Other failures (a full
+   * send queue under a flood) are logged once until a reply goes out
+   * again, so a flood cannot flood stderr too. */
+  if (err == UV_ECONNREFUSED || err == UV_ENOENT || err == UV_ENOTDIR ||
+      app->quiet || app->send_error_shown) {
+    return;
+  }
+  app->send_error_shown = 1;
+  if (uvs_address_format(peer, text, &size) != 0) {
+    snprintf(text, sizeof(text), "?");
+  }
+  fprintf(stderr,
+          "uvs-echo: reply to %s dropped: %s (%s)\n",
+          text,
+          uvs_strerror(err),
+          uvs_err_name(err));
+}
+
+
+/* ---- Datagram echo (thread and sync mode) ---------------------------- */
+
+/* One datagram is one request: read it whole (uvs_read_exact stops at its
+ * end, the request's EOF) and write it back; uvs sends the reply after
+ * finish, or nothing for an empty one. It never waits for the network, so
+ * sync mode needs none of handle_sync's signal polling. The buffer is on
+ * the stack: a worker thread has the system's default stack (megabytes),
+ * and only the handlers running at once touch theirs. */
+static int handle_datagram(uvs_conn_t* conn) {
+  char buf[ECHO_MAX_DATAGRAM];
+  ssize_t n;
+  int err;
+
+  n = uvs_read_exact(conn, buf, sizeof(buf));
+  if (n <= 0) {
+    return n == UV_ECANCELED ? 0 : (int) n;
+  }
+  err = uvs_sendall(conn, buf, (size_t) n);
+  return err == UV_ECANCELED ? 0 : err;
 }
 
 
@@ -722,9 +858,46 @@ static void close_handle(uv_handle_t* handle) {
 
 /* ---- main ------------------------------------------------------------ */
 
+/* Fills in the handler for the mode and the transport. */
+static void choose_handler(const echo_options_t* opts,
+                           uvs_transport_t transport,
+                           uvs_config_t* config,
+                           uvs_handler_t* handler) {
+  if (opts->mode == UVS_MODE_THREADING) {
+    /* 0 is uvs's "no cap": the pool grows with the clients. */
+    config->max_threads = opts->threads;
+  }
+  if (is_datagram(transport)) {
+    if (opts->mode == UVS_MODE_EVENT) {
+      handler->on_datagram = on_datagram;
+    } else {
+      handler->handle = handle_datagram;
+    }
+    return;
+  }
+  switch (opts->mode) {
+  case UVS_MODE_THREADING:
+    handler->handle = handle_thread;
+    break;
+  case UVS_MODE_SYNC:
+    handler->handle = handle_sync;
+    break;
+  default:
+    /* on_eof stays NULL: the default flushes what is pending, then
+     * closes. */
+    handler->state_size = sizeof(echo_state_t);
+    handler->on_data = on_data;
+    handler->on_drain = on_drain;
+    handler->on_close = on_close;
+    break;
+  }
+}
+
+
 int main(int argc, char** argv) {
   echo_options_t opts;
   echo_app_t app = { 0 };
+  uvs_address_t addr;
   uvs_config_t config;
   uvs_handler_t handler = { 0 };
   uv_loop_t* loop;
@@ -734,31 +907,15 @@ int main(int argc, char** argv) {
   int err;
 
   parse_args(argc, argv, &opts);
-  check_address(opts.listen);
+  check_address(opts.listen, &addr);
 
   uvs_config_init(&config);
   config.mode = opts.mode;
+  config.max_packet_size = ECHO_MAX_DATAGRAM;
   if (opts.quiet) {
     config.hooks.handle_error = on_error_quiet;
   }
-  switch (opts.mode) {
-  case UVS_MODE_THREADING:
-    /* 0 is uvs's "no cap": the pool grows with the clients. */
-    config.max_threads = opts.threads;
-    handler.handle = handle_thread;
-    break;
-  case UVS_MODE_SYNC:
-    handler.handle = handle_sync;
-    break;
-  default:
-    /* on_eof stays NULL: the default flushes what is pending, then
-     * closes. */
-    handler.state_size = sizeof(echo_state_t);
-    handler.on_data = on_data;
-    handler.on_drain = on_drain;
-    handler.on_close = on_close;
-    break;
-  }
+  choose_handler(&opts, addr.transport, &config, &handler);
   app.mode = opts.mode;
   app.drain_ms = opts.drain_ms;
   app.quiet = opts.quiet;
@@ -766,11 +923,7 @@ int main(int argc, char** argv) {
   /* A NULL loop: the server makes and owns one; it binds and listens now. */
   err = uvs_server_new(NULL, &app.server, opts.listen, &handler, &config);
   if (err != 0) {
-    fprintf(stderr,
-            "uvs-echo: cannot listen on %s: %s (%s)\n",
-            opts.listen,
-            uvs_strerror(err),
-            uvs_err_name(err));
+    report_listen_error(opts.listen, &addr, err);
     return is_usage_error(err) ? 2 : 1;
   }
   uvs_server_set_data(app.server, &app);

@@ -5,75 +5,52 @@
 Usage: test_chat.py /path/to/uvs-chat
 
 Every protocol case runs once per mode (event, thread), each on its own
-server on port 0; the listening line gives the port, and the server is
-killed by pid in a finally block. Every socket operation has a timeout and
-every load loop a bound. Prints TAP and exits 1 when a case fails.
+server on port 0 (or, for unix:, in a private temporary directory); the
+listening line gives the address, and the server is killed by pid when the
+case ends. Every socket operation has a timeout and every load loop a
+bound. Prints TAP and exits 1 when a case fails.
 """
 
 import os
 import re
-import select
+import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import demo_server  # noqa: E402 (the folder of this script)
+from demo_server import (Skip, check, expand_listen,  # noqa: E402
+                         listening_regex, short_tempdir, sockaddr, TIMEOUT)
 
 EXE = None
 MiB = 1024 * 1024
-TIMEOUT = 10.0  # seconds for any one socket operation or wait
 MODES = ("event", "thread")
-LISTEN_RE = re.compile(rb"^listening on tcp://127\.0\.0\.1:(\d+)\n$")
+TCP = "tcp://127.0.0.1:0"
 WELCOME_RE = re.compile(rb"^\* welcome (guest(\d+))\n$")
 FLAGS = ["--listen", "--mode", "--threads", "--max-line", "--max-queue",
          "--help"]
 
 
-class Skip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 # ---- Server processes -----------------------------------------------------
 
-class Server:
-    """A running uvs-chat; use as a context manager (always killed)."""
+class Server(demo_server.DemoServer):
+    """A running uvs-chat; use as a context manager (always killed).
+    `listen` may hold "{tmp}", replaced by a new private directory that is
+    removed with the server."""
 
-    def __init__(self, *args, mode=None, listen="tcp://127.0.0.1:0",
-                 env=None):
-        self.stderr = tempfile.TemporaryFile()
+    def __init__(self, *args, mode=None, listen=TCP, env=None):
+        listen, tmpdir = expand_listen(listen)
         argv = [EXE]
         if listen is not None:
             argv += ["--listen", listen]
         if mode is not None:
             argv += ["--mode", mode]
         argv += list(args)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE,
-                                     stderr=self.stderr, bufsize=0, env=env)
-        self.line = b""
-        self.port = None
-
-    def __enter__(self):
-        try:
-            self.line = self.read_line(5.0)
-            m = LISTEN_RE.match(self.line)
-            check(m is not None,
-                  "listening line %r does not match %s; stderr: %r"
-                  % (self.line, LISTEN_RE.pattern, self.read_stderr()))
-            self.port = int(m.group(1))
-            check(0 < self.port < 65536, "bad port %d" % self.port)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        super().__init__(argv, listening_regex(listen or TCP), env=env,
+                         tmpdir=tmpdir)
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -99,49 +76,6 @@ class Server:
         for marker in (b"Sanitizer", b"runtime error:", b"LeakSanitizer"):
             check(marker not in err, "sanitizer report: %r" % err[-4000:])
 
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def read_line(self, timeout):
-        """Reads stdout up to and including the first newline."""
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            check(left > 0, "no listening line within %.1f s (got %r)"
-                  % (timeout, buf))
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 1)  # byte by byte: leave the rest unread
-            check(chunk != b"", "stdout closed before the listening line "
-                  "(got %r, exit %r, stderr %r)"
-                  % (buf, self.proc.poll(), self.read_stderr()))
-            buf += chunk
-        return buf
-
-    def rest_of_stdout(self):
-        """What the server printed after the listening line (after exit)."""
-        return self.proc.stdout.read() or b""
-
-    def read_stderr(self):
-        self.stderr.seek(0)
-        return self.stderr.read()
-
-    def signal(self, signum):
-        os.kill(self.proc.pid, signum)
-
-    def wait(self, timeout):
-        """Returns (exit status, seconds waited); None status on timeout."""
-        start = time.monotonic()
-        try:
-            status = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            status = None
-        return status, time.monotonic() - start
-
     def rss_kib(self):
         """The server's resident set size in KiB (/proc/PID/status)."""
         with open("/proc/%d/status" % self.proc.pid) as f:
@@ -150,35 +84,14 @@ class Server:
                     return int(line.split()[1])
         raise AssertionError("no VmRSS in /proc/%d/status" % self.proc.pid)
 
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc.stdout.close()
-        self.stderr.close()
-
 
 def run_usage(*args):
     """Runs uvs-chat to completion; returns (status, stdout, stderr)."""
-    try:
-        p = subprocess.run([EXE] + list(args), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=5)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("uvs-chat %s did not exit within 5 s (stdout %r)"
-                             % (" ".join(args), e.stdout))
-    return p.returncode, p.stdout, p.stderr
+    return demo_server.run_usage(EXE, *args)
 
 
 def expect_usage_error(*args, status=2):
-    code, out, err = run_usage(*args)
-    check(code == status, "uvs-chat %s: exit %d, want %d (stderr %r)"
-          % (" ".join(args), code, status, err))
-    check(out == b"", "uvs-chat %s: stdout not empty: %r"
-          % (" ".join(args), out))
-    check(err.endswith(b"\n") and err.count(b"\n") == 1 and len(err) > 1,
-          "uvs-chat %s: want exactly one stderr line, got %r"
-          % (" ".join(args), err))
-    return err
+    return demo_server.expect_usage_error(EXE, *args, status=status)
 
 
 # ---- Clients --------------------------------------------------------------
@@ -186,14 +99,20 @@ def expect_usage_error(*args, status=2):
 class Client:
     """One chat connection with a line reader; every wait has a timeout."""
 
-    def __init__(self, port, rcvbuf=None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(self, target, rcvbuf=None):
+        """`target`: a port on 127.0.0.1, or a demo address (Server.target
+        gives the right one)."""
+        if isinstance(target, int):
+            family, addr = socket.AF_INET, ("127.0.0.1", target)
+        else:
+            family, _, addr = sockaddr(target)
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect, so the window the server sees is small.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(TIMEOUT)
         try:
-            self.sock.connect(("127.0.0.1", port))
+            self.sock.connect(addr)
         except BaseException:
             self.sock.close()
             raise
@@ -290,9 +209,9 @@ class Client:
         self.sock.close()
 
 
-def join(port, rcvbuf=None):
+def join(target, rcvbuf=None):
     """Connects and reads the welcome line; the client knows its name."""
-    c = Client(port, rcvbuf)
+    c = Client(target, rcvbuf)
     try:
         got = c.line()
         m = WELCOME_RE.match(got)
@@ -304,13 +223,13 @@ def join(port, rcvbuf=None):
     return c
 
 
-def room(port, n, rcvbuf=None):
+def room(target, n, rcvbuf=None):
     """Joins n clients one after another; every earlier client reads the
     '* NAME joined' of each later one. Returns them in join order."""
     clients = []
     try:
         for _ in range(n):
-            c = join(port, rcvbuf)
+            c = join(target, rcvbuf)
             for old in clients:
                 old.expect(b"* " + c.name + b" joined\n")
             clients.append(c)
@@ -388,51 +307,83 @@ def case_flag_errors():
 
 
 def case_address_errors():
+    """Bad addresses, and datagram ones in either mode: one line, exit 2,
+    nothing bound (no socket file)."""
     expect_usage_error("--listen", "tcp://127.0.0.1")
     expect_usage_error("--listen", "nonsense")
-    err = expect_usage_error("--listen", "udp://127.0.0.1:0")
-    check(b"datagram" in err, "message %r" % err)
-    with tempfile.TemporaryDirectory() as d:
-        expect_usage_error("--listen", "unixgram:" + os.path.join(d, "g"))
+    d = short_tempdir()
+    try:
+        for mode in MODES:
+            for listen in ("udp://127.0.0.1:0", "udp://[::1]:0",
+                           "unixgram:" + os.path.join(d, "g.sock"),
+                           "unixgram:@uvs-test-chat-%d" % os.getpid()):
+                err = expect_usage_error("--listen", listen, "--mode", mode)
+                check(b"datagram" in err, "%s: message %r" % (listen, err))
+        check(os.listdir(d) == [], "files made: %r" % os.listdir(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
-def case_unix_address():
-    """unix: is a stream address: served once uvs serves it, else the
-    library's 'not supported' is one line and exit 2."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "chat.sock")
-        p = subprocess.Popen([EXE, "--listen", "unix:" + path],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+def case_unix_chat(mode):
+    """unix:PATH serves the chat as TCP does: the listening line shows the
+    path, clients talk, and SIGTERM exits 0 and removes the socket
+    file."""
+    with Server(mode=mode, listen="unix:{tmp}/chat.sock") as srv:
+        path = srv.path
+        check(os.path.exists(path), "no socket file at %s" % path)
+        a, b = room(srv.target, 2)
         try:
-            ready, _, _ = select.select([p.stdout], [], [], 5.0)
-            check(ready, "neither a listening line nor an exit in 5 s")
-            line = p.stdout.readline()
-            if line:
-                check(line == ("listening on unix:%s\n" % path).encode(),
-                      "listening line %r" % line)
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.settimeout(TIMEOUT)
-                try:
-                    s.connect(path)
-                    got = s.recv(64)
-                    check(got.startswith(b"* welcome guest1\n"),
-                          "unix: first bytes %r" % got)
-                finally:
-                    s.close()
-                return
-            status = p.wait(5)
-            err = p.stderr.read()
-            check(status == 2, "unix: exit %r, want 2 (stderr %r)"
-                  % (status, err))
-            check(err.endswith(b"\n") and err.count(b"\n") == 1,
-                  "unix: want one stderr line, got %r" % err)
+            check((a.name, b.name) == (b"guest1", b"guest2"),
+                  "names %r, %r" % (a.name, b.name))
+            a.send(b"hello over unix\n")
+            b.expect(b"guest1: hello over unix\n")
+            a.expect_quiet()
+            b.send(b"/nick bob\n")
+            b.expect(b"* you are now bob\n")
+            a.expect(b"* guest2 is now bob\n")
+            b.send(b"and back\r\n")
+            a.expect(b"bob: and back\n")
+            check(a.who() == b"* online: guest1, bob\n", "who")
+            b.send(b"/quit\n")
+            check(b.expect_eof() == b"* bye\n", "quit")
+            a.expect(b"* bob left\n")
         finally:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.wait()
-            p.stdout.close()
-            p.stderr.close()
+            close_all([a, b])
+        srv.stop_cleanly()
+        check(not os.path.lexists(path), "%s left after exit" % path)
+        rest = srv.rest_of_stdout()
+        check(rest == b"", "more on stdout after the line: %r" % rest)
+
+
+def case_unix_abstract():
+    """unix:@NAME, a Linux abstract name."""
+    if not sys.platform.startswith("linux"):
+        raise Skip("abstract names are Linux only")
+    name = "@uvs-test-chat-%d-%d" % (os.getpid(), int(time.time() * 1000))
+    with Server(listen="unix:" + name) as srv:
+        a, b = room(srv.target, 2)
+        try:
+            b.send(b"abstract\n")
+            a.expect(b"guest2: abstract\n")
+        finally:
+            close_all([a, b])
+
+
+def case_unix_not_a_socket():
+    """A PATH that is not a socket is never removed: exit 1, one line."""
+    d = short_tempdir()
+    try:
+        path = os.path.join(d, "precious.txt")
+        with open(path, "wb") as f:
+            f.write(b"keep\n")
+        for mode in MODES:
+            err = expect_usage_error("--listen", "unix:" + path,
+                                     "--mode", mode, status=1)
+            check(b"not a socket" in err, "message %r" % err)
+        with open(path, "rb") as f:
+            check(f.read() == b"keep\n", "%s was changed" % path)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def case_threads_cap():
@@ -1010,7 +961,13 @@ COMMON = [
     ("--help", case_help),
     ("bad flags and values exit 2", case_flag_errors),
     ("bad and datagram addresses exit 2", case_address_errors),
-    ("unix: address served or exit 2", case_unix_address),
+    ("[event] unix: chat, socket file removed at exit",
+     lambda: case_unix_chat("event")),
+    ("[thread] unix: chat, socket file removed at exit",
+     lambda: case_unix_chat("thread")),
+    ("unix:@NAME abstract name", case_unix_abstract),
+    ("unix: a regular file at the path: exit 1, untouched",
+     case_unix_not_a_socket),
     ("address in use exits 1", case_address_in_use),
     ("[thread] --threads caps the workers", case_threads_cap),
 ]
@@ -1057,31 +1014,8 @@ def main():
         sys.stderr.write("usage: test_chat.py /path/to/uvs-chat\n")
         return 2
     EXE = os.path.abspath(sys.argv[1])
-    only = os.environ.get("TEST_CHAT_ONLY")  # substring of a case name
-    cases = [c for c in all_cases() if only is None or only in c[0]]
-    print("1..%d" % len(cases), flush=True)
-    failed = 0
-    for n, (name, fn) in enumerate(cases, 1):
-        start = time.monotonic()
-        try:
-            fn()
-        except Skip as e:
-            print("ok %d - %s # SKIP %s" % (n, name, e), flush=True)
-            continue
-        except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            failed += 1
-            print("not ok %d - %s" % (n, name))
-            for line in traceback.format_exc().rstrip().splitlines():
-                print("# " + line)
-            sys.stdout.flush()
-            continue
-        print("ok %d - %s (%.2f s)" % (n, name, time.monotonic() - start),
-              flush=True)
-    if failed:
-        print("# %d of %d failed" % (failed, len(cases)), flush=True)
-    return 1 if failed else 0
+    # TEST_CHAT_ONLY: run the cases whose name holds this substring.
+    return demo_server.run_cases(all_cases(), os.environ.get("TEST_CHAT_ONLY"))
 
 
 if __name__ == "__main__":

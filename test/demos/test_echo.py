@@ -4,163 +4,79 @@
 
 Usage: test_echo.py /path/to/uvs-echo
 
-The echo and signal cases run in each mode (event, thread, sync); a few
-more check what only thread mode (a worker per client, --threads caps them)
-or sync mode (one client at a time) promises. Every case starts its own
-server on port 0, reads the listening line, and kills the server by pid in
-a finally block. Every socket operation has a
-timeout. Prints TAP and exits 1 when a case fails.
+The stream echo and signal cases run in each mode (event, thread, sync),
+over TCP and over a Unix stream socket; the datagram cases (udp://,
+unixgram:) run in each mode too; a few more check what only thread mode (a
+worker per client, --threads caps them) or sync mode (one client at a
+time) promises. Every case starts its own server on port 0 or in a
+private temporary directory, reads the listening line, and kills the
+server by pid when it ends. Every socket operation has a timeout. Prints
+TAP and exits 1 when a case fails.
 """
 
 import functools
 import os
 import random
-import re
 import select
+import shutil
 import signal
 import socket
-import subprocess
+import stat
 import sys
-import tempfile
 import threading
 import time
-import traceback
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import demo_server  # noqa: E402 (the folder of this script)
+from demo_server import (Skip, check, expand_listen,  # noqa: E402
+                         listening_regex, short_tempdir, sockaddr, TIMEOUT)
 
 EXE = None
 MiB = 1024 * 1024
-TIMEOUT = 10.0  # seconds for any one socket operation or wait
-LISTEN_RE = re.compile(rb"^listening on tcp://127\.0\.0\.1:(\d+)\n$")
-LISTEN6_RE = re.compile(rb"^listening on tcp://\[::1\]:(\d+)\n$")
+TCP = "tcp://127.0.0.1:0"
+UNIX = "unix:{tmp}/echo.sock"  # {tmp}: a private directory per server
 FLAGS = ["--listen", "--mode", "--threads", "--max-conns", "--idle-timeout",
          "--drain", "--quiet", "--help"]
 
 
-class Skip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 # ---- Server processes -----------------------------------------------------
 
-class Server:
-    """A running uvs-echo; use as a context manager (always killed)."""
+class Server(demo_server.DemoServer):
+    """A running uvs-echo; use as a context manager (always killed).
+    `listen` may hold "{tmp}", replaced by a new private directory that is
+    removed with the server."""
 
-    def __init__(self, *args, listen="tcp://127.0.0.1:0",
-                 regex=LISTEN_RE, env=None):
-        self.stderr = tempfile.TemporaryFile()
+    def __init__(self, *args, listen=TCP, env=None):
+        listen, tmpdir = expand_listen(listen)
         argv = [EXE] + (["--listen", listen] if listen else []) + list(args)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE,
-                                     stderr=self.stderr, bufsize=0,
-                                     env=env)
-        self.line = b""
-        self.port = None
-        self.regex = regex
-
-    def __enter__(self):
-        try:
-            self.line = self.read_line(5.0)
-            m = self.regex.match(self.line)
-            check(m is not None,
-                  "listening line %r does not match %s; stderr: %r"
-                  % (self.line, self.regex.pattern, self.read_stderr()))
-            self.port = int(m.group(1))
-            check(0 < self.port < 65536, "bad port %d" % self.port)
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.kill()
-        return False
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def read_line(self, timeout):
-        """Reads stdout up to and including the first newline."""
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            check(left > 0, "no listening line within %.1f s (got %r)"
-                  % (timeout, buf))
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 1)  # byte by byte: leave the rest unread
-            check(chunk != b"", "stdout closed before the listening line "
-                  "(got %r, exit %r, stderr %r)"
-                  % (buf, self.proc.poll(), self.read_stderr()))
-            buf += chunk
-        return buf
-
-    def rest_of_stdout(self):
-        """What the server printed after the listening line (after exit)."""
-        return self.proc.stdout.read() or b""
-
-    def read_stderr(self):
-        self.stderr.seek(0)
-        return self.stderr.read()
-
-    def signal(self, signum):
-        os.kill(self.proc.pid, signum)
-
-    def wait(self, timeout):
-        """Returns (exit status, seconds waited); None status on timeout."""
-        start = time.monotonic()
-        try:
-            status = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            status = None
-        return status, time.monotonic() - start
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc.stdout.close()
-        self.stderr.close()
+        super().__init__(argv, listening_regex(listen or TCP), env=env,
+                         tmpdir=tmpdir)
 
 
 def run_usage(*args):
     """Runs uvs-echo to completion; returns (status, stdout, stderr)."""
-    try:
-        p = subprocess.run([EXE] + list(args), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=5)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("uvs-echo %s did not exit within 5 s (stdout %r)"
-                             % (" ".join(args), e.stdout))
-    return p.returncode, p.stdout, p.stderr
+    return demo_server.run_usage(EXE, *args)
 
 
 def expect_usage_error(*args, status=2):
-    code, out, err = run_usage(*args)
-    check(code == status, "uvs-echo %s: exit %d, want %d (stderr %r)"
-          % (" ".join(args), code, status, err))
-    check(out == b"", "uvs-echo %s: stdout not empty: %r"
-          % (" ".join(args), out))
-    check(err.endswith(b"\n") and err.count(b"\n") == 1 and len(err) > 1,
-          "uvs-echo %s: want exactly one stderr line, got %r"
-          % (" ".join(args), err))
-    return err
+    return demo_server.expect_usage_error(EXE, *args, status=status)
 
 
 # ---- Clients --------------------------------------------------------------
 
-def connect(port, host="127.0.0.1"):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def connect(target, host="127.0.0.1"):
+    """A stream connection to `target`: a port on `host`, or a demo
+    address (Server.target gives the right one)."""
+    if isinstance(target, int):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        addr = (host, target)
+    else:
+        family, kind, addr = sockaddr(target)
+        check(kind == socket.SOCK_STREAM, "%s is not a stream" % target)
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     try:
-        s.connect((host, port))
+        s.connect(addr)
     except BaseException:
         s.close()
         raise
@@ -199,12 +115,12 @@ def recv_until_eof(s, limit, timeout=TIMEOUT):
         check(len(buf) <= limit, "more than %d bytes back" % limit)
 
 
-def echo_stream(port, data, half_close=True, host="127.0.0.1"):
+def echo_stream(target, data, half_close=True, host="127.0.0.1"):
     """Sends `data` from a writer thread while reading the echo; with
     half_close the writer then shuts down its side and the echo must end
     in EOF right after len(data) bytes. Returns the bytes received."""
     errors = []
-    s = connect(port, host)
+    s = connect(target, host)
 
     def writer():
         try:
@@ -283,7 +199,7 @@ def case_threads_equals_form_any_order():
 def case_ipv6_listening_line():
     if not ipv6_available():
         raise Skip("no IPv6 loopback")
-    with Server(listen="tcp://[::1]:0", regex=LISTEN6_RE) as srv:
+    with Server(listen="tcp://[::1]:0") as srv:
         data = bytes(range(256)) * 4
         same(echo_stream(srv.port, data, host="::1"), data, "IPv6 echo")
 
@@ -298,6 +214,9 @@ def case_help():
         check(flag in text, "--help does not mention %s" % flag)
     for mode in ("event", "sync", "thread", "fork"):
         check(mode in text, "--help does not mention mode %s" % mode)
+    for scheme in ("tcp://", "udp://", "unix:", "unixgram:", "@NAME",
+                   "65507"):
+        check(scheme in text, "--help does not mention %s" % scheme)
 
 
 def case_unknown_flag():
@@ -317,9 +236,16 @@ def case_bad_address_nonsense():
 
 
 def case_mode_fork_not_supported():
-    err = expect_usage_error("--listen", "tcp://127.0.0.1:0", "--mode",
-                             "fork")
-    check(b"not supported" in err, "message %r" % err)
+    """On every transport, before anything is bound: no socket file."""
+    d = short_tempdir()
+    try:
+        for listen in ("tcp://127.0.0.1:0", "udp://127.0.0.1:0",
+                       "unix:%s/s.sock" % d, "unixgram:%s/g.sock" % d):
+            err = expect_usage_error("--listen", listen, "--mode", "fork")
+            check(b"not supported" in err, "%s: message %r" % (listen, err))
+        check(os.listdir(d) == [], "files left: %r" % os.listdir(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def case_mode_bogus():
@@ -328,10 +254,10 @@ def case_mode_bogus():
 
 def case_later_flags_not_supported():
     for flag, value in (("--max-conns", "4"), ("--idle-timeout", "1")):
-        err = expect_usage_error("--listen", "tcp://127.0.0.1:0", flag,
-                                 value)
-        check(flag.encode() in err and b"not supported" in err,
-              "message %r" % err)
+        for listen in ("tcp://127.0.0.1:0", "udp://127.0.0.1:0"):
+            err = expect_usage_error("--listen", listen, flag, value)
+            check(flag.encode() in err and b"not supported" in err,
+                  "message %r" % err)
 
 
 def case_bad_threads():
@@ -355,10 +281,6 @@ def case_threads_needs_thread_mode():
         err = expect_usage_error("--listen", "tcp://127.0.0.1:0", *args)
         check(b"--threads" in err and b"--mode thread" in err,
               "%s: message %r" % (" ".join(args), err))
-
-
-def case_udp_not_supported():
-    expect_usage_error("--listen", "udp://127.0.0.1:0")
 
 
 def case_bad_drain():
@@ -422,9 +344,9 @@ def expect_closed_unserved(s, what):
 
 # ---- Cases: echo, in every mode -------------------------------------------
 
-def case_echo_all_byte_values(mode):
-    with Server(*mode_args(mode)) as srv:
-        s = connect(srv.port)
+def case_echo_all_byte_values(mode, listen=TCP):
+    with Server(*mode_args(mode), listen=listen) as srv:
+        s = connect(srv.target)
         try:
             data = bytes(range(256))
             s.sendall(data)
@@ -433,28 +355,28 @@ def case_echo_all_byte_values(mode):
             s.close()
 
 
-def case_echo_8mib_concurrent(mode):
-    with Server(*mode_args(mode)) as srv:
+def case_echo_8mib_concurrent(mode, listen=TCP):
+    with Server(*mode_args(mode), listen=listen) as srv:
         data = payload(8 * MiB, 8)
-        same(echo_stream(srv.port, data, half_close=False), data, "8 MiB")
+        same(echo_stream(srv.target, data, half_close=False), data, "8 MiB")
 
 
-def case_half_close(mode):
-    with Server(*mode_args(mode)) as srv:
+def case_half_close(mode, listen=TCP):
+    with Server(*mode_args(mode), listen=listen) as srv:
         data = payload(MiB, 1)
-        same(echo_stream(srv.port, data, half_close=True), data,
+        same(echo_stream(srv.target, data, half_close=True), data,
              "1 MiB then EOF")
 
 
-def many_clients(args, n, size):
+def many_clients(args, n, size, listen=TCP):
     """n clients at once, each echoing `size` bytes then EOF."""
-    with Server("--quiet", *args) as srv:
+    with Server("--quiet", *args, listen=listen) as srv:
         results = {}
 
         def client(i):
             try:
                 data = payload(size, 100 + i)
-                same(echo_stream(srv.port, data), data, "client %d" % i)
+                same(echo_stream(srv.target, data), data, "client %d" % i)
                 results[i] = None
             except Exception as e:
                 results[i] = repr(e)
@@ -472,8 +394,8 @@ def many_clients(args, n, size):
         check(not bad, "failed clients: %s" % bad)
 
 
-def case_50_clients(mode):
-    many_clients(mode_args(mode), 50, 64 * 1024)
+def case_50_clients(mode, listen=TCP):
+    many_clients(mode_args(mode), 50, 64 * 1024, listen)
 
 
 # Growth of the server's resident memory allowed while a client sends and
@@ -495,18 +417,19 @@ def small_asan_quarantine():
     return env
 
 
-def case_backpressure(mode):
+def case_backpressure(mode, listen=TCP):
     """A client that sends but never reads: the server must stop reading
     (the client's send blocks well before 64 MiB) without its memory
     growing, then echo all of it once the client reads."""
-    with Server(*mode_args(mode), env=small_asan_quarantine()) as srv:
+    with Server(*mode_args(mode), listen=listen,
+                env=small_asan_quarantine()) as srv:
         # A first client warms the server up (in thread mode: starts the
         # worker, which then stays idle), so the baseline below counts
         # memory that grows with the bytes, not one-time costs.
         data = payload(MiB, 6)
-        same(echo_stream(srv.port, data), data, "warm-up echo")
+        same(echo_stream(srv.target, data), data, "warm-up echo")
         base = rss_bytes(srv.pid)
-        s = connect(srv.port)
+        s = connect(srv.target)
         try:
             data = payload(64 * MiB, 7)
             view = memoryview(data)
@@ -549,25 +472,25 @@ def case_backpressure(mode):
 
 # ---- Cases: signals, in every mode ----------------------------------------
 
-def stop_with_no_clients(mode, signum):
-    with Server(*mode_args(mode)) as srv:
+def stop_with_no_clients(mode, signum, listen):
+    with Server(*mode_args(mode), listen=listen) as srv:
         srv.signal(signum)
         status, took = srv.wait(2.0)
         check(status == 0, "exit %r after %s" % (status, signum))
         check(took < 2.0, "took %.2f s" % took)
 
 
-def case_sigterm_no_clients(mode):
-    stop_with_no_clients(mode, signal.SIGTERM)
+def case_sigterm_no_clients(mode, listen=TCP):
+    stop_with_no_clients(mode, signal.SIGTERM, listen)
 
 
-def case_sigint_no_clients(mode):
-    stop_with_no_clients(mode, signal.SIGINT)
+def case_sigint_no_clients(mode, listen=TCP):
+    stop_with_no_clients(mode, signal.SIGINT, listen)
 
 
-def case_sigterm_drain(mode):
-    with Server("--drain", "2", *mode_args(mode)) as srv:
-        a = connect(srv.port)
+def case_sigterm_drain(mode, listen=TCP):
+    with Server("--drain", "2", *mode_args(mode), listen=listen) as srv:
+        a = connect(srv.target)
         try:
             a.sendall(b"before")
             check(recv_exact(a, 6) == b"before", "echo before the signal")
@@ -577,7 +500,7 @@ def case_sigterm_drain(mode):
             check(srv.proc.poll() is None, "exited while a client is open")
             # A new client is not served: refused, no echo, or EOF/reset.
             try:
-                b = connect(srv.port)
+                b = connect(srv.target)
             except OSError:
                 b = None
             if b is not None:
@@ -606,9 +529,9 @@ def case_sigterm_drain(mode):
             a.close()
 
 
-def case_second_signal(mode):
-    with Server("--drain", "10", *mode_args(mode)) as srv:
-        a = connect(srv.port)
+def case_second_signal(mode, listen=TCP):
+    with Server("--drain", "10", *mode_args(mode), listen=listen) as srv:
+        a = connect(srv.target)
         try:
             a.sendall(b"x")
             recv_exact(a, 1)
@@ -627,11 +550,12 @@ def case_second_signal(mode):
             a.close()
 
 
-def case_drain_ends_for_stuck_client(mode):
+def case_drain_ends_for_stuck_client(mode, listen=TCP):
     """A client that sends but stops reading holds the server's output
     (and, in sync mode, a blocked send); the drain still ends on time."""
-    with Server("--drain", "1", "--quiet", *mode_args(mode)) as srv:
-        s = connect(srv.port)
+    with Server("--drain", "1", "--quiet", *mode_args(mode),
+                listen=listen) as srv:
+        s = connect(srv.target)
         try:
             chunk = payload(64 * 1024, 9)
             sent = 0
@@ -659,9 +583,9 @@ def case_drain_ends_for_stuck_client(mode):
             s.close()
 
 
-def case_client_closes_during_drain(mode):
-    with Server("--drain", "10", *mode_args(mode)) as srv:
-        a = connect(srv.port)
+def case_client_closes_during_drain(mode, listen=TCP):
+    with Server("--drain", "10", *mode_args(mode), listen=listen) as srv:
+        a = connect(srv.target)
         closed = False
         try:
             a.sendall(b"x")
@@ -683,6 +607,340 @@ def case_client_closes_during_drain(mode):
         finally:
             if not closed:
                 a.close()
+
+
+# ---- Cases: Unix sockets, in every mode ----------------------------------
+
+UNIXGRAM = "unixgram:{tmp}/echo.sock"
+
+
+def unix_listen(scheme):
+    return UNIX if scheme == "unix" else UNIXGRAM
+
+
+def is_socket_file(path):
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def unique_abstract_name(what):
+    return "@uvs-test-echo-%s-%d-%d" % (what, os.getpid(),
+                                         random.randrange(1 << 30))
+
+
+def echo_once(srv, data=b"ping\n"):
+    """One echo over the server's transport, stream or datagram."""
+    if sockaddr(srv.address)[1] == socket.SOCK_STREAM:
+        same(echo_stream(srv.target, data), data, "echo")
+        return
+    s, dest = dgram_client(srv)
+    try:
+        same(dgram_roundtrip(s, dest, data), data, "datagram echo")
+    finally:
+        s.close()
+
+
+def stop_and_check_clean(srv, signum=signal.SIGTERM):
+    """The signal ends the server with 0 at once (nothing is open), with
+    nothing more on stdout, and its socket file is gone."""
+    path = srv.path
+    srv.signal(signum)
+    status, took = srv.wait(TIMEOUT)
+    check(status == 0, "exit %r after signal %d; stderr %r"
+          % (status, signum, srv.read_stderr()))
+    check(took < 2.0, "took %.2f s to exit" % took)
+    rest = srv.rest_of_stdout()
+    check(rest == b"", "more on stdout after the line: %r" % rest)
+    if path is not None:
+        check(not os.path.lexists(path), "%s left after exit" % path)
+
+
+def case_socket_file_removed(mode, scheme):
+    """unix:PATH and unixgram:PATH make a socket file at PATH, print the
+    path as given, and remove the file when the server exits (SIGTERM)."""
+    with Server(*mode_args(mode), listen=unix_listen(scheme)) as srv:
+        check(is_socket_file(srv.path), "no socket file at %s" % srv.path)
+        echo_once(srv)
+        stop_and_check_clean(srv)
+
+
+def case_stale_socket_replaced(mode, scheme):
+    """A socket file nobody is bound to any more (a crashed server's) is
+    replaced: the server starts and serves there."""
+    d = short_tempdir()
+    try:
+        path = os.path.join(d, "stale.sock")
+        kind = socket.SOCK_STREAM if scheme == "unix" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_UNIX, kind) as old:
+            old.bind(path)
+            if kind == socket.SOCK_STREAM:
+                old.listen(1)
+        check(is_socket_file(path), "the stale socket file was not made")
+        with Server(*mode_args(mode), listen="%s:%s" % (scheme, path)) as srv:
+            echo_once(srv, b"after a stale file\n")
+            stop_and_check_clean(srv)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def case_live_socket_kept():
+    """A socket somebody still serves on is never taken over: exit 1, one
+    line, and the other server keeps its file and its clients."""
+    d = short_tempdir()
+    try:
+        for scheme, kind in (("unix", socket.SOCK_STREAM),
+                             ("unixgram", socket.SOCK_DGRAM)):
+            path = os.path.join(d, scheme + ".sock")
+            with socket.socket(socket.AF_UNIX, kind) as live:
+                live.bind(path)
+                if kind == socket.SOCK_STREAM:
+                    live.listen(4)
+                for mode in MODES:
+                    expect_usage_error("--listen", "%s:%s" % (scheme, path),
+                                       "--mode", mode, status=1)
+                check(is_socket_file(path), "%s: the live file is gone"
+                      % scheme)
+                with socket.socket(socket.AF_UNIX, kind) as c:
+                    c.settimeout(TIMEOUT)
+                    c.connect(path)  # still the live socket's
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def case_regular_file_kept():
+    """A PATH that is not a socket is never removed: the server exits 1
+    with one clear line, and the file is as it was."""
+    d = short_tempdir()
+    try:
+        path = os.path.join(d, "precious.txt")
+        content = b"not a socket\n"
+        with open(path, "wb") as f:
+            f.write(content)
+        for scheme in ("unix", "unixgram"):
+            for mode in MODES:
+                err = expect_usage_error("--listen", "%s:%s" % (scheme, path),
+                                         "--mode", mode, status=1)
+                check(b"not a socket" in err and path.encode() in err,
+                      "%s [%s]: message %r" % (scheme, mode, err))
+                st = os.lstat(path)
+                check(stat.S_ISREG(st.st_mode), "%s is no longer a regular "
+                      "file" % path)
+                with open(path, "rb") as f:
+                    check(f.read() == content, "%s was changed" % path)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def case_unix_abstract(mode):
+    """unix:@NAME and unixgram:@NAME: Linux abstract names, no file."""
+    if not sys.platform.startswith("linux"):
+        raise Skip("abstract names are Linux only")
+    name = unique_abstract_name("stream")
+    with Server(*mode_args(mode), listen="unix:" + name) as srv:
+        data = payload(256 * 1024, 11)
+        same(echo_stream(srv.target, data), data, "echo then EOF")
+        stop_and_check_clean(srv)
+    name = unique_abstract_name("dgram")
+    with Server(*mode_args(mode), listen="unixgram:" + name) as srv:
+        s, dest = dgram_client(srv)
+        try:
+            for n in (1, 1000, 65507):
+                data = payload(n, n)
+                same(dgram_roundtrip(s, dest, data), data,
+                     "%d-byte datagram" % n)
+        finally:
+            s.close()
+        stop_and_check_clean(srv)
+
+
+# ---- Cases: datagrams, in every mode --------------------------------------
+
+# Datagram sizes echoed byte for byte: around the usual MTU payloads, and
+# the largest UDP payload over IPv4.
+DGRAM_SIZES = (1, 2, 100, 1472, 1473, 8192, 32768, 65507)
+
+
+def udp_listen(host):
+    return "udp://%s:0" % host
+
+
+def dgram_client(srv, bound=True):
+    """A datagram socket for talking to `srv`, and the address to send
+    to. A unixgram client binds a name (a file next to the server's
+    socket, or an abstract name) unless `bound` is false: an unbound
+    one cannot be answered."""
+    family, kind, dest = sockaddr(srv.address)
+    check(kind == socket.SOCK_DGRAM, "%s is not datagram" % srv.address)
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(TIMEOUT)
+        if family == socket.AF_UNIX and bound:
+            name = "client-%d-%d" % (os.getpid(), random.randrange(1 << 30))
+            if srv.path is not None:
+                s.bind(os.path.join(os.path.dirname(srv.path),
+                                    name + ".sock"))
+            else:
+                s.bind("\0uvs-test-echo-" + name)
+    except BaseException:
+        s.close()
+        raise
+    return s, dest
+
+
+def recv_datagram(s, what, timeout=TIMEOUT):
+    """The next datagram on `s` (and its sender), or a failure."""
+    r, _, _ = select.select([s], [], [], timeout)
+    check(r, "%s: no datagram within %.1f s" % (what, timeout))
+    return s.recvfrom(1 << 17)
+
+
+def dgram_roundtrip(s, dest, data):
+    """Sends `data` to `dest` and returns the reply, which must come from
+    `dest`."""
+    s.sendto(data, dest)
+    got, sender = recv_datagram(s, "reply to %d bytes" % len(data))
+    if isinstance(dest, tuple):
+        check(sender[1] == dest[1], "reply from port %r, want %r"
+              % (sender[1], dest[1]))
+    else:
+        want = dest.encode() if dest.startswith("\0") else dest
+        check(sender in (dest, want), "reply from %r, want %r"
+              % (sender, dest))
+    return got
+
+
+def expect_no_datagram(s, wait, what):
+    r, _, _ = select.select([s], [], [], wait)
+    if r:
+        got = s.recv(1 << 17)
+        raise AssertionError("%s: got a %d-byte datagram %r"
+                             % (what, len(got), got[:40]))
+
+
+def dgram_echo_sizes(srv):
+    """Each size in DGRAM_SIZES and all 256 byte values come back whole,
+    then 40 datagrams with up to 5 in flight (thread mode may answer them
+    out of order; none is lost on loopback)."""
+    s, dest = dgram_client(srv)
+    try:
+        for n in DGRAM_SIZES:
+            data = payload(n, 1000 + n)
+            same(dgram_roundtrip(s, dest, data), data,
+                 "%d-byte datagram" % n)
+        data = bytes(range(256))
+        same(dgram_roundtrip(s, dest, data), data, "256 byte values")
+        want = [b"datagram %d " % i + payload(i * 37, i) for i in range(40)]
+        got = []
+        for i, data in enumerate(want):
+            s.sendto(data, dest)
+            if i >= 4:
+                got.append(recv_datagram(s, "burst, reply %d" % len(got))[0])
+        while len(got) < len(want):
+            got.append(recv_datagram(s, "burst, reply %d" % len(got))[0])
+        check(sorted(got) == sorted(want), "burst: %d of %d replies match"
+              % (len(set(got) & set(want)), len(want)))
+        expect_no_datagram(s, 0.1, "after the burst")
+    finally:
+        s.close()
+
+
+def case_udp_echo(mode, host):
+    if host.startswith("[") and not ipv6_available():
+        raise Skip("no IPv6 loopback")
+    with Server(*mode_args(mode), listen=udp_listen(host)) as srv:
+        dgram_echo_sizes(srv)
+        stop_and_check_clean(srv)
+
+
+def case_unixgram_echo(mode):
+    with Server(*mode_args(mode), listen=UNIXGRAM) as srv:
+        dgram_echo_sizes(srv)
+        stop_and_check_clean(srv)
+
+
+def case_dgram_empty(mode, listen):
+    """The contract sends each datagram back unchanged: event mode answers
+    an empty datagram with an empty one. In thread and sync mode uvs sends
+    nothing for an empty reply, so there is no answer (README)."""
+    with Server(*mode_args(mode), listen=listen) as srv:
+        s, dest = dgram_client(srv)
+        try:
+            s.sendto(b"", dest)
+            if mode == "event":
+                got, _ = recv_datagram(s, "reply to an empty datagram")
+                check(got == b"", "empty datagram: got %r" % got[:40])
+            else:
+                expect_no_datagram(s, 0.5, "empty datagram [%s]" % mode)
+            # The next reply is the next datagram's: no late empty one.
+            same(dgram_roundtrip(s, dest, b"after"), b"after",
+                 "datagram after the empty one")
+            expect_no_datagram(s, 0.1, "after the echo")
+        finally:
+            s.close()
+        check(srv.read_stderr() == b"", "stderr: %r" % srv.read_stderr())
+        stop_and_check_clean(srv)
+
+
+def case_unixgram_unbound(mode):
+    """A client without a name cannot be answered: no reply, nothing
+    printed for it (per datagram or otherwise), and the server goes on
+    serving the others."""
+    with Server(*mode_args(mode), listen=UNIXGRAM) as srv:
+        u, dest = dgram_client(srv, bound=False)
+        b, _ = dgram_client(srv)
+        try:
+            for data in (b"one", b"", payload(1000, 3), b"four"):
+                u.sendto(data, dest)
+            expect_no_datagram(u, 0.5, "unbound client")
+            same(dgram_roundtrip(b, dest, b"still serving"), b"still serving",
+                 "bound client after the unbound one")
+            for i in range(20):
+                u.sendto(b"more %d" % i, dest)
+            same(dgram_roundtrip(b, dest, b"and now"), b"and now",
+                 "bound client, again")
+            expect_no_datagram(u, 0.2, "unbound client")
+        finally:
+            u.close()
+            b.close()
+        check(srv.read_stderr() == b"", "stderr: %r" % srv.read_stderr())
+        stop_and_check_clean(srv)
+        err = srv.read_stderr()
+        check(err == b"", "stderr: %r" % err)
+
+
+def case_dgram_signal(mode, listen):
+    """A datagram server has nothing to drain: SIGTERM or SIGINT ends it
+    at once with 0 even with --drain 10, also while datagrams keep
+    coming."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with Server("--drain", "10", "--quiet", *mode_args(mode),
+                    listen=listen) as srv:
+            echo_once(srv)
+            s, dest = dgram_client(srv)
+            stop = threading.Event()
+
+            def flood():
+                """About 2000 datagrams a second, replies unread."""
+                while not stop.is_set():
+                    for _ in range(10):
+                        try:
+                            s.sendto(b"flood", dest)
+                        except OSError:
+                            pass  # full, or the server is gone
+                    time.sleep(0.005)
+
+            t = threading.Thread(target=flood, daemon=True)
+            t.start()
+            try:
+                time.sleep(0.2)
+                check(srv.proc.poll() is None, "server died under a flood")
+                stop_and_check_clean(srv, signum)
+            finally:
+                stop.set()
+                t.join(TIMEOUT)
+                s.close()
 
 
 # ---- Cases: thread mode ---------------------------------------------------
@@ -848,7 +1106,6 @@ CASES = [
     ("bad --threads values exit 2", case_bad_threads),
     ("--threads without --mode thread exits 2",
      case_threads_needs_thread_mode),
-    ("udp:// not supported yet", case_udp_not_supported),
     ("bad --drain values exit 2", case_bad_drain),
     ("address in use exits 1", case_address_in_use),
 ]
@@ -868,12 +1125,50 @@ MODE_CASES = [
      case_drain_ends_for_stuck_client),
 ]
 
+# Every stream case over TCP, then over a Unix stream socket, which
+# behaves the same.
+for _transport, _listen in (("tcp", TCP), ("unix", UNIX)):
+    for _mode in MODES:
+        for _name, _fn in MODE_CASES:
+            _tag = _mode if _transport == "tcp" else "%s, unix" % _mode
+            CASES.append(("%s [%s]" % (_name, _tag),
+                          functools.partial(_fn, _mode, listen=_listen)))
+
 for _mode in MODES:
-    for _name, _fn in MODE_CASES:
-        CASES.append(("%s [%s]" % (_name, _mode),
-                      functools.partial(_fn, _mode)))
+    CASES += [
+        ("udp echo, sizes up to 65507 and a burst [%s]" % _mode,
+         functools.partial(case_udp_echo, _mode, "127.0.0.1")),
+        ("udp echo over IPv6 [::1] [%s]" % _mode,
+         functools.partial(case_udp_echo, _mode, "[::1]")),
+        ("unixgram echo, bound client [%s]" % _mode,
+         functools.partial(case_unixgram_echo, _mode)),
+        ("empty datagram, udp [%s]" % _mode,
+         functools.partial(case_dgram_empty, _mode, udp_listen("127.0.0.1"))),
+        ("empty datagram, unixgram [%s]" % _mode,
+         functools.partial(case_dgram_empty, _mode, UNIXGRAM)),
+        ("unbound unixgram client: no reply, nothing printed [%s]" % _mode,
+         functools.partial(case_unixgram_unbound, _mode)),
+        ("SIGTERM/SIGINT end a udp server at once [%s]" % _mode,
+         functools.partial(case_dgram_signal, _mode,
+                           udp_listen("127.0.0.1"))),
+        ("SIGTERM/SIGINT end a unixgram server at once [%s]" % _mode,
+         functools.partial(case_dgram_signal, _mode, UNIXGRAM)),
+        ("unix: socket file made, removed at exit [%s]" % _mode,
+         functools.partial(case_socket_file_removed, _mode, "unix")),
+        ("unixgram: socket file made, removed at exit [%s]" % _mode,
+         functools.partial(case_socket_file_removed, _mode, "unixgram")),
+        ("unix: stale socket file replaced [%s]" % _mode,
+         functools.partial(case_stale_socket_replaced, _mode, "unix")),
+        ("unixgram: stale socket file replaced [%s]" % _mode,
+         functools.partial(case_stale_socket_replaced, _mode, "unixgram")),
+        ("unix:@NAME and unixgram:@NAME abstract names [%s]" % _mode,
+         functools.partial(case_unix_abstract, _mode)),
+    ]
 
 CASES += [
+    ("a live socket at the path: exit 1, left alone", case_live_socket_kept),
+    ("a regular file at the path: exit 1, one line, file untouched",
+     case_regular_file_kept),
     ("200 concurrent clients [thread]", case_thread_200_clients),
     ("no thread cap: 300 clients open at once [thread]", case_thread_no_cap),
     ("--threads 2: 6 clients wait their turn in order [thread]",
@@ -892,31 +1187,8 @@ def main():
         sys.stderr.write("usage: test_echo.py /path/to/uvs-echo\n")
         return 2
     EXE = os.path.abspath(sys.argv[1])
-    only = os.environ.get("TEST_ECHO_ONLY")  # substring of a case name
-    cases = [c for c in CASES if only is None or only in c[0]]
-    print("1..%d" % len(cases), flush=True)
-    failed = 0
-    for n, (name, fn) in enumerate(cases, 1):
-        start = time.monotonic()
-        try:
-            fn()
-        except Skip as e:
-            print("ok %d - %s # SKIP %s" % (n, name, e), flush=True)
-            continue
-        except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            failed += 1
-            print("not ok %d - %s" % (n, name))
-            for line in traceback.format_exc().rstrip().splitlines():
-                print("# " + line)
-            sys.stdout.flush()
-            continue
-        print("ok %d - %s (%.2f s)" % (n, name, time.monotonic() - start),
-              flush=True)
-    if failed:
-        print("# %d of %d failed" % (failed, len(cases)), flush=True)
-    return 1 if failed else 0
+    # TEST_ECHO_ONLY: run the cases whose name holds this substring.
+    return demo_server.run_cases(CASES, os.environ.get("TEST_ECHO_ONLY"))
 
 
 if __name__ == "__main__":
