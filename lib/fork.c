@@ -219,12 +219,16 @@ int uvs__fork_request(uvs_server_t* server,
                       const uvs_address_t* peer,
                       const char* data,
                       size_t len) {
-  uint64_t id = ++server->next_conn_id;
+  uint64_t id;
   sigset_t all;
   sigset_t old;
   pid_t pid;
   int err;
 
+  /* The listeners pause at the limit; this only guards the table. */
+  if (server->nchildren >= server->config.max_children)
+    return UV_EAGAIN;
+  id = ++server->next_conn_id;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pid = fork();
