@@ -66,7 +66,10 @@ int uvs__fork_init(uvs_server_t* server) {
   r = uv_signal_start(&server->child_signal, on_sigchld, SIGCHLD);
   if (r != 0)
     return r;
-  /* A loop with only this handle and no listener must still end. */
+  /* Referenced only while children live: a loop with no child to wait
+   * for must still end, and one with children must not end before they
+   * are reaped (an application's uv_run, with the listener paused at
+   * max_children, would return and leave them as zombies). */
   uv_unref((uv_handle_t*) &server->child_signal);
   return 0;
 }
@@ -251,6 +254,7 @@ int uvs__fork_request(uvs_server_t* server,
   server->children[server->nchildren].id = id;
   server->nchildren++;
   uv_mutex_unlock(&server->lock);
+  uv_ref((uv_handle_t*) &server->child_signal);
   if (server->one_shot)
     server->one_shot_id = id;
   return 0;
@@ -300,6 +304,8 @@ static unsigned reap(uvs_server_t* server, bool block) {
       child_ended(server, &child, st);
     uvs__server_conn_done(server, child.id);
   }
+  if (server->nchildren == 0 && !server->children_waiting)
+    uv_unref((uv_handle_t*) &server->child_signal);
   return server->nchildren;
 }
 

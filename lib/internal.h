@@ -258,6 +258,8 @@ struct uvs_server_s {
   bool dgram_drop_logged;     /* this burst of dropped replies was reported */
   bool in_batch;              /* inside a recvmmsg batch's callbacks */
   bool recv_error_logged;     /* this burst of receive errors was reported */
+  bool sync_served;           /* sync UDP: a request was served this batch */
+  bool sync_paused;           /* sync UDP: receiving waits a loop iteration */
   uvs__list_t dgram_queue;    /* unixgram replies the socket refused */
   size_t dgram_queue_bytes;   /* their bytes, and udp's send queue */
   unsigned dgram_queue_len;   /* their number */

@@ -23,11 +23,14 @@
  * (EAGAIN), and poll cannot say when it has room (an unconnected socket
  * polls writable regardless), so refused replies wait in a queue retried
  * on a backing-off timer. A reply keeps its place behind earlier ones to
- * the same receiver, a full receiver never holds up the others, and one
- * still refused after UVS__DGRAM_RETRY_MAX_MS is dropped, as the network
- * would. Both queues are bounded by output_high_water bytes. A reply to a
- * Unix client that has no bound name, or has gone, is dropped without an
- * error (Python logs a traceback for each: gh-152024).
+ * the same receiver, a full receiver does not stop replies to others from
+ * being tried, and one still refused after UVS__DGRAM_RETRY_MAX_MS is
+ * dropped, as the network would. (Linux charges unread replies to the
+ * server socket's send buffer, so receivers that read nothing can still
+ * fill it for everyone: the README says so.) Both queues are bounded by
+ * output_high_water bytes. A reply to a Unix client that has no bound name, or
+ * has gone, is dropped without an error (Python logs a traceback for each:
+ * gh-152024).
  */
 #include "internal.h"
 
@@ -75,6 +78,7 @@ static void on_unixgram_readable(uv_poll_t* handle, int status, int events);
 static void on_udp_sent(uv_udp_send_t* req, int status);
 static void on_retry(uv_timer_t* handle);
 static void on_backoff_over(uv_timer_t* handle);
+static void on_sync_resume(uv_timer_t* handle);
 static void on_handle_closed(uv_handle_t* handle);
 
 
@@ -127,7 +131,7 @@ int uvs__listen_dgram_update(uvs_server_t* server) {
               !server->accept_backoff &&
               !(server->one_shot && server->one_shot_taken) &&
               server->nconns < UVS__DGRAM_REQUESTS_MAX &&
-              !uvs__fork_full(server) &&
+              !uvs__fork_full(server) && !server->sync_paused &&
               (server->udp_opened || server->poll_inited);
   int r;
 
@@ -292,12 +296,34 @@ static void take_datagram(uvs_server_t* server,
     uvs__listen_dgram_update(server); /* pauses at max_children */
   } else {
     r = uvs__conn_datagram(server, data, len, &peer);
+    uvs__listen_dgram_update(server); /* pauses at the in-flight bound */
   }
   if (r != 0) {
     uvs__server_error(server, NULL, &peer, r);
     if (server->one_shot)
       server->one_shot_done = true;
   }
+}
+
+
+/* Sync mode served a UDP request: libuv would read on (up to 32 per
+ * wake-up), so receiving pauses until the next loop iteration, as a
+ * stream's sync mode serves one request per wake-up and timers, signals
+ * and shutdowns run in between. The retry timer, which only unixgram
+ * uses otherwise, resumes it. */
+static void sync_yield(uvs_server_t* server) {
+  server->sync_served = false;
+  if (server->closing)
+    return;
+  server->sync_paused = true;
+  uv_timer_start(&server->dgram_retry, on_sync_resume, 0, 0);
+}
+
+
+static void on_sync_resume(uv_timer_t* handle) {
+  uvs_server_t* server = uv_handle_get_data((uv_handle_t*) handle);
+  server->sync_paused = false;
+  uvs__listen_dgram_update(server);
 }
 
 
@@ -331,6 +357,8 @@ static void on_udp_recv(uv_udp_t* handle,
     /* The end of a batch, or nothing more to read: a stop asked during
      * the batch takes effect now. */
     server->in_batch = false;
+    if (server->sync_served)
+      sync_yield(server);
     uvs__listen_dgram_update(server);
     return;
   }
@@ -343,6 +371,11 @@ static void on_udp_recv(uv_udp_t* handle,
                 (flags & UV_UDP_PARTIAL) != 0,
                 addr,
                 salen);
+  if (server->config.mode == UVS_MODE_SYNC) {
+    server->sync_served = true;
+    if (!server->in_batch)
+      sync_yield(server);
+  }
   if (!server->in_batch)
     uvs__listen_dgram_update(server);
 }
@@ -607,7 +640,7 @@ int uvs_server_send_to(uvs_server_t* server,
                        size_t len) {
   if (server == NULL || peer == NULL || (data == NULL && len > 0))
     return UV_EINVAL;
-  if (!server->dgram || server->closing || server->fd < 0 ||
+  if (!server->dgram || server->closing || server->fd < 0 || !server->bound ||
       peer->transport != server->address.transport ||
       peer->len > sizeof(peer->u) || (!is_udp(server) && is_unnamed(peer))) {
     return UV_EINVAL;

@@ -538,7 +538,9 @@ int uvs_write(uvs_conn_t* conn, const void* data, size_t len) {
   io = conn->io;
   if (io == NULL)
     return UV_ENOTSUP;
-  if (io->wbufsize == 0)
+  /* A datagram's reply is a buffer already, checked against
+   * max_packet_size on every write. */
+  if (io->wbufsize == 0 || io->dgram)
     return uvs_sendall(conn, data, len);
   if (len == 0)
     return 0;

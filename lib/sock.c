@@ -110,6 +110,17 @@ static int unix_prepare(uvs_server_t* server) {
       return UV_EADDRINUSE;
     return UVS__ERR(err);
   }
+  /* Another server may have replaced the stale file since the lstat:
+   * remove only the file that was probed. (Two servers starting on one
+   * stale path at the same instant can still race between this check and
+   * the unlink; the window is this check.) */
+  {
+    struct stat now;
+    if (lstat(path, &now) != 0)
+      return errno == ENOENT ? 0 : UVS__ERR(errno);
+    if (now.st_dev != st.st_dev || now.st_ino != st.st_ino)
+      return UV_EADDRINUSE;
+  }
   if (unlink(path) != 0 && errno != ENOENT)
     return UVS__ERR(errno);
   return 0;
