@@ -539,8 +539,9 @@ UVS_EXTERN uv_loop_t* uvs_server_loop(const uvs_server_t* server);
 
 /** Returns the number of connections accepted and not yet closed: one
  * stops counting just before its on_close runs. For a datagram server in
- * the blocking modes, the datagram requests being served. Threads: any in
- * threading mode. */
+ * sync and threading mode, the datagram requests being served. Forking
+ * mode keeps no connections (uvs_server_child_count counts children). Threads:
+ * any in threading mode. */
 UVS_EXTERN size_t uvs_server_connection_count(const uvs_server_t* server);
 
 /** Calls `cb(conn, arg)` for every open connection, in the order they

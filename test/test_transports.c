@@ -1949,6 +1949,175 @@ static void unix_stream_peer_address(void) {
 }
 
 
+/* ---- Threading mode's worker cap on a datagram server --------------- */
+
+#define POOL_N           100  /* datagrams sent at once */
+#define POOL_WORKERS     4    /* config.max_threads */
+#define POOL_SLEEP_MS    50   /* each request's work */
+#define POOL_RESEND_MS   1000 /* silence before UDP sends the rest again */
+#define POOL_RESENDS_MAX 3
+/* Threads of the case besides the workers: the serve_forever pthread. uvs
+ * starts no other (libuv's own pool serves no datagram server). */
+#define POOL_OTHER_THREADS 1
+
+static atomic_int pool_busy;     /* handlers sleeping now */
+static atomic_int pool_busy_max; /* the most at once */
+
+/* The threads of this process: the entries of /proc/self/task, read
+ * again from the start of `dir` (opendir'd once before any thread of the
+ * case runs: a descriptor opened while uvs's threads open and close theirs
+ * would look like a race to TSan). */
+static int thread_count(DIR* dir) {
+  struct dirent* ent;
+  int n = 0;
+  rewinddir(dir);
+  while ((ent = readdir(dir)) != NULL) {
+    if (ent->d_name[0] != '.')
+      n++;
+  }
+  return n;
+}
+
+static void* pool_noop_thread(void* arg) {
+  return arg;
+}
+
+/* Reads the datagram, works POOL_SLEEP_MS, echoes it. */
+static int pool_slow_echo_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(uvs_conn_server(conn));
+  char buf[LINE_MAX_LEN];
+  ssize_t n = uvs_read_exact(conn, buf, sizeof(buf));
+  int busy = atomic_fetch_add(&pool_busy, 1) + 1;
+  int max = atomic_load(&pool_busy_max);
+
+  while (busy > max &&
+         !atomic_compare_exchange_weak(&pool_busy_max, &max, busy))
+    continue;
+  usleep(POOL_SLEEP_MS * 1000);
+  atomic_fetch_sub(&pool_busy, 1);
+  if (n < 0)
+    return (int) n;
+  atomic_fetch_add(&ctx->requests, 1);
+  return uvs_write(conn, buf, (size_t) n);
+}
+
+/* ThreadingUDPServer with max_threads 4 and a handler that takes 50 ms:
+ * 100 datagrams sent at once wait for the 4 workers instead of starting a
+ * thread each. While they are served the process never has more threads
+ * than before the server plus the serve_forever thread plus 4, at most 4
+ * handlers run at once, and every datagram is answered. */
+static void threading_udp_uses_pool(void) {
+  static char answered[POOL_N];
+  uvs_config_t config;
+  uvs_handler_t handler;
+  ctx_t ctx;
+  serve_thread_t t;
+  pthread_t warm;
+  DIR* task;
+  uvs_server_t* server = NULL;
+  uvs_address_t to;
+  char buf[LINE_MAX_LEN];
+  uint64_t start;
+  uint64_t last;
+  int before;
+  int peak;
+  int replies = 0;
+  int resends = 0;
+  int fd;
+  int k;
+
+  memset(answered, 0, sizeof(answered));
+  atomic_store(&pool_busy, 0);
+  atomic_store(&pool_busy_max, 0);
+  ctx_init(&ctx);
+  /* A runtime may start a helper thread at the first pthread_create
+   * (TSan's background thread): one thread made and joined first lets it
+   * do so before the count. */
+  ASSERT_OK(pthread_create(&warm, NULL, pool_noop_thread, NULL));
+  ASSERT_OK(pthread_join(warm, NULL));
+  task = opendir("/proc/self/task");
+  if (task == NULL)
+    TEST__FAIL("opendir /proc/self/task: %s", strerror(errno));
+  before = thread_count(task);
+  ASSERT_GT(before, 0);
+
+  uvs_config_init(&config);
+  config.max_threads = POOL_WORKERS;
+  config = make_config(&config, UVS_MODE_THREADING);
+  memset(&handler, 0, sizeof(handler));
+  handler.handle = pool_slow_echo_handle;
+  ASSERT_OK(
+      uvs_server_new(NULL, &server, "udp://127.0.0.1:0", &handler, &config));
+  uvs_server_set_data(server, &ctx);
+  server_addr(server, &to);
+  serve_start(&t, server);
+  fd = dgram_client(&to, NULL);
+
+  start = test_now_ms();
+  for (k = 0; k < POOL_N; k++) {
+    int len = snprintf(buf, sizeof(buf), "pool %d", k);
+    dgram_send(fd, &to, buf, (size_t) len);
+  }
+  peak = thread_count(task);
+  last = test_now_ms();
+  while (replies < POOL_N) {
+    ssize_t n = dgram_recv(fd, buf, sizeof(buf) - 1, 10);
+    int now = thread_count(task);
+
+    if (now > peak)
+      peak = now;
+    if (n < 0) {
+      if (test_now_ms() - last < POOL_RESEND_MS)
+        continue;
+      /* Silence while replies are due: UDP lost some on loopback. */
+      if (++resends > POOL_RESENDS_MAX)
+        TEST__FAIL("%d of %d datagrams answered after %d resends",
+                   replies,
+                   POOL_N,
+                   POOL_RESENDS_MAX);
+      for (k = 0; k < POOL_N; k++) {
+        if (!answered[k]) {
+          int len = snprintf(buf, sizeof(buf), "pool %d", k);
+          dgram_send(fd, &to, buf, (size_t) len);
+        }
+      }
+      last = test_now_ms();
+      continue;
+    }
+    ASSERT_LT(n, sizeof(buf));
+    buf[n] = '\0';
+    if (sscanf(buf, "pool %d", &k) != 1 || k < 0 || k >= POOL_N)
+      TEST__FAIL("a reply that was never sent: \"%s\"", buf);
+    last = test_now_ms();
+    if (answered[k]) {
+      ASSERT_GT(resends, 0); /* a second answer follows a resend only */
+      continue;
+    }
+    answered[k] = 1;
+    replies++;
+  }
+  printf("# %d datagrams answered in %" PRIu64
+         " ms; threads: %d before, %d at most (%d resends)\n",
+         POOL_N,
+         test_now_ms() - start,
+         before,
+         peak,
+         resends);
+  close(fd);
+  serve_stop(&t);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  closedir(task);
+
+  ASSERT_LE(peak, before + POOL_OTHER_THREADS + POOL_WORKERS);
+  /* The samples saw the workers at work, and the cap was used. */
+  ASSERT_GT(peak, before + POOL_OTHER_THREADS);
+  ASSERT_EQ(atomic_load(&pool_busy_max), POOL_WORKERS);
+  ASSERT_GE(atomic_load(&ctx.requests), POOL_N);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  ctx_destroy(&ctx);
+}
+
+
 static const test_case_t cases[] = {
   { "unix_stream_server", unix_stream_server },
   { "unix_stream_server_sync", unix_stream_server_sync },
@@ -1981,6 +2150,7 @@ static const test_case_t cases[] = {
   { "handle_request_one_datagram", handle_request_one_datagram },
   { "live_path_probe_unseen", live_path_probe_unseen },
   { "unixgram_unnamed_peer", unixgram_unnamed_peer },
+  { "threading_udp_uses_pool", threading_udp_uses_pool },
 };
 
 TEST_MAIN(cases)

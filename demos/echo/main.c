@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * uvs-echo: the echo server of DESIGN.md section 4, on every transport
- * (tcp://, unix: streams; udp://, unixgram: datagrams) in three modes.
+ * (tcp://, unix: streams; udp://, unixgram: datagrams) in four modes.
  * Stream: every byte a client sends comes back in order; on the client's
  * EOF what is pending is sent and the connection is closed. Datagram: each
  * datagram goes back to its sender unchanged, as one datagram.
@@ -18,8 +18,11 @@
  *   the handler needs no backpressure code.
  * - sync: the same blocking handler on the loop thread, one client at a
  *   time; the next waits in the listen backlog (socketserver's TCPServer).
+ * - fork: the same blocking handler in a child process per client
+ *   (socketserver's ForkingMixIn); uvs forks, reaps and caps the children
+ *   (config.max_children, 40: later clients wait in the backlog).
  *
- * In thread and sync mode a datagram is a request of its own
+ * In thread, sync and fork mode a datagram is a request of its own
  * (socketserver's DatagramRequestHandler): handle_datagram reads it whole
  * (uvs_read_exact stops at its end) and writes it back, and uvs sends what
  * was written as one datagram after finish. uvs sends nothing for an empty
@@ -38,13 +41,26 @@
  * have all closed or --drain seconds have passed; then uvs_server_shutdown
  * ends serve_forever and uvs_server_close closes what is left (a thread-mode
  * handler blocked in request I/O gets UV_ECANCELED at once). A second
- * signal exits at once with status 1. In event and thread mode the loop
- * always runs, so uv_signal_t delivers the signals. The end of a drain is
- * seen by on_close in event mode; the blocking modes have no on_close, so
- * a timer looks at uvs_server_connection_count every WATCH_MS instead. A
- * datagram server has no connections to drain: the signal stops receiving,
- * and it closes as soon as the datagrams being served (blocking modes) are
- * answered, which takes no time.
+ * signal exits at once with status 1. In event, thread and fork mode the
+ * loop always runs, so uv_signal_t delivers the signals. The end of a
+ * drain is seen by on_close in event mode; thread and sync mode have no
+ * on_close, so a timer looks at uvs_server_connection_count every
+ * WATCH_MS instead. A datagram server has no connections to drain: the
+ * signal stops receiving, and it closes as soon as the datagrams being
+ * served (blocking modes) are answered, which takes no time.
+ *
+ * Fork mode drains in the library: the parent holds no connection (each
+ * child owns its own), so the first signal stops accepting and ends
+ * serve_forever at once, and uvs_server_close waits for the children up
+ * to config.children_wait_ms, which is --drain, then kills (SIGKILL) and
+ * reaps the ones still serving: no zombie is left. The signal handles stay
+ * open until that close has returned, so a second signal still exits at
+ * once with status 1. A child ignores SIGINT and SIGTERM, so that a Ctrl-C
+ * (sent to the terminal's whole process group) or a group-wide SIGTERM does
+ * not cut its client off before the drain: the parent alone decides when
+ * children end. On Linux a child also asks for SIGKILL when the parent
+ * dies (PR_SET_PDEATHSIG), so after a second signal, or when the parent is
+ * killed, no child goes on serving as an orphan.
  *
  * Sync mode cannot use uv_signal_t: while a client is served the loop thread
  * is inside handle() and no loop callback runs. So sync mode installs plain
@@ -81,6 +97,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef __linux__
+# include <sys/prctl.h>
+#endif
 
 /* Queued output above which a connection stops reading (1 MiB). */
 #define ECHO_HIGH_WATER ((size_t) 1024 * 1024)
@@ -137,8 +157,8 @@ typedef struct echo_options_s {
 typedef struct echo_app_s {
   uvs_server_t* server;
   uvs_mode_t mode;
-  uv_signal_t sigint;  /* event and thread mode */
-  uv_signal_t sigterm; /* event and thread mode */
+  uv_signal_t sigint;  /* event, thread and fork mode */
+  uv_signal_t sigterm; /* event, thread and fork mode */
   uv_async_t wake;     /* sync mode: a signal arrived */
   uv_timer_t drain_timer;
   uv_timer_t watch_timer; /* thread and sync mode: polls the drain's end */
@@ -147,6 +167,7 @@ typedef struct echo_app_s {
   int quiet;
   int stopping;         /* the first signal has arrived */
   int done;             /* uvs_server_shutdown has been asked */
+  int closing;          /* serve_forever has returned */
   int send_error_shown; /* event mode: a dropped reply was logged */
 } echo_app_t;
 
@@ -164,6 +185,10 @@ static atomic_int sync_wake_live;        /* app.wake may be sent to */
 static uv_async_t* sync_wake;            /* set before the handlers */
 static char sync_second_msg[2][64];      /* for SIGINT, SIGTERM */
 static volatile sig_atomic_t sync_quiet; /* --quiet */
+
+/* Fork mode: the parent's pid, for a child to see whether the parent died
+ * before the child asked to die with it. */
+static pid_t fork_parent;
 
 static const char usage_text[] =
     "usage: uvs-echo [--listen ADDR] [--mode event|sync|thread|fork]\n"
@@ -192,10 +217,12 @@ static const char usage_text[] =
     "                                datagram);\n"
     "                        sync    one client (datagram) at a time, the\n"
     "                                next waits;\n"
-    "                        fork    not supported yet.\n"
+    "                        fork    a child process per client (per\n"
+    "                                datagram), at most 40 at once; more\n"
+    "                                clients wait.\n"
     "                      An empty datagram is answered with an empty one\n"
-    "                      in event mode only: thread and sync mode send\n"
-    "                      nothing for an empty reply.\n"
+    "                      in event mode only: thread, sync and fork mode\n"
+    "                      send nothing for an empty reply.\n"
     "  --threads N         thread mode only: at most N worker threads\n"
     "                      (N >= 1); more clients wait for a free one in\n"
     "                      arrival order. Default: no cap, as many\n"
@@ -206,8 +233,9 @@ static const char usage_text[] =
     "                      (not supported yet).\n"
     "  --drain SEC         after SIGINT/SIGTERM, serve open connections for\n"
     "                      up to SEC seconds, then close them (default 5;\n"
-    "                      non-negative, fractions allowed). A datagram\n"
-    "                      server has none: it exits at once.\n"
+    "                      non-negative, fractions allowed); in fork mode\n"
+    "                      the children still serving then are killed. A\n"
+    "                      datagram server has none: it exits at once.\n"
     "  --quiet             do not log connection errors to stderr.\n"
     "  --help              print this help to stdout and exit 0.\n"
     "\n"
@@ -355,7 +383,7 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
       } else if (strcmp(value, "sync") == 0) {
         opts->mode = UVS_MODE_SYNC;
       } else if (strcmp(value, "fork") == 0) {
-        usage_error("--mode fork is not supported yet");
+        opts->mode = UVS_MODE_FORKING;
       } else {
         usage_error("bad --mode '%s': want event, sync, thread or fork", value);
       }
@@ -484,7 +512,9 @@ static void on_watch(uv_timer_t* timer) {
 
 
 /* The first signal, which arrived at `signal_ms`: stop accepting, then
- * drain until the connections are gone or the deadline passes. Runs once;
+ * drain until the connections are gone or the deadline passes. In fork
+ * mode the children hold the connections and uvs_server_close does the
+ * drain (children_wait_ms), so this finishes at once. Runs once;
  * in sync mode it may run inside the handler (the loop thread). */
 static void begin_stop(echo_app_t* app, uint64_t signal_ms) {
   uint64_t now = now_ms();
@@ -495,7 +525,8 @@ static void begin_stop(echo_app_t* app, uint64_t signal_ms) {
   app->stopping = 1;
   app->deadline_ms = signal_ms + app->drain_ms;
   uvs_server_stop(app->server);
-  if (uvs_server_connection_count(app->server) == 0) {
+  if (app->mode == UVS_MODE_FORKING ||
+      uvs_server_connection_count(app->server) == 0) {
     finish(app);
     return;
   }
@@ -611,7 +642,7 @@ static void on_datagram(uvs_server_t* server,
 }
 
 
-/* ---- Datagram echo (thread and sync mode) ---------------------------- */
+/* ---- Datagram echo (thread, sync and fork mode) ---------------------- */
 
 /* One datagram is one request: read it whole (uvs_read_exact stops at its
  * end, the request's EOF) and write it back; uvs sends the reply after
@@ -633,9 +664,12 @@ static int handle_datagram(uvs_conn_t* conn) {
 }
 
 
-/* ---- Echo handler (thread mode, on a worker thread) ------------------ */
+/* ---- Echo handler (thread mode on a worker thread; fork mode) -------- */
 
-/* Returns at the client's EOF; uvs then flushes and closes. UV_ECANCELED
+/* Returns at the client's EOF; uvs then flushes and closes. In fork mode
+ * it runs in the client's child process, whose request I/O works on the
+ * descriptor directly: uvs_sendall has sent every byte when it returns,
+ * and the child closes gracefully after it. UV_ECANCELED
  * means the server closed the connection (the drain ran out), which is
  * not an error worth logging; other errors reach handle_error. */
 static int handle_thread(uvs_conn_t* conn) {
@@ -653,6 +687,28 @@ static int handle_thread(uvs_conn_t* conn) {
       return err == UV_ECANCELED ? 0 : err;
     }
   }
+}
+
+
+/* ---- Fork mode: the child's setup ----------------------------------- */
+
+/* Runs first in each child (stream and datagram). The parent alone ends
+ * its children: a SIGINT or SIGTERM sent to the whole process group (a
+ * Ctrl-C in the terminal) must not cut a client off before the drain, so
+ * the child ignores them; the parent's close kills the children still
+ * serving when the drain is over. On Linux the child dies with the parent
+ * (second signal, or the parent killed), so no orphan goes on serving; a
+ * parent that died before the request took effect is seen by getppid. */
+static int fork_child_setup(uvs_conn_t* conn) {
+  (void) conn;
+  signal(SIGINT, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
+#ifdef __linux__
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != fork_parent) {
+    raise(SIGKILL);
+  }
+#endif
+  return 0;
 }
 
 
@@ -773,11 +829,14 @@ static int handle_sync(uvs_conn_t* conn) {
 
 /* ---- Signals --------------------------------------------------------- */
 
-/* Event and thread mode: the loop is free to run this at once. */
+/* Event, thread and fork mode: the loop is free to run this at once,
+ * also while uvs_server_close waits for fork mode's children. */
 static void on_signal(uv_signal_t* handle, int signum) {
   echo_app_t* app = handle->data;
 
-  if (app->stopping) {
+  /* While closing (fork mode waits for its children there) every signal
+   * is a second one: begin_stop has nothing left to stop. */
+  if (app->stopping || app->closing) {
     if (!app->quiet) {
       fprintf(stderr, "uvs-echo: second signal %d, exiting now\n", signum);
     }
@@ -867,6 +926,12 @@ static void choose_handler(const echo_options_t* opts,
     /* 0 is uvs's "no cap": the pool grows with the clients. */
     config->max_threads = opts->threads;
   }
+  if (opts->mode == UVS_MODE_FORKING) {
+    /* The drain: uvs_server_close waits this long for the children, then
+     * kills the rest. */
+    config->children_wait_ms = opts->drain_ms;
+    handler->setup = fork_child_setup;
+  }
   if (is_datagram(transport)) {
     if (opts->mode == UVS_MODE_EVENT) {
       handler->on_datagram = on_datagram;
@@ -877,6 +942,7 @@ static void choose_handler(const echo_options_t* opts,
   }
   switch (opts->mode) {
   case UVS_MODE_THREADING:
+  case UVS_MODE_FORKING:
     handler->handle = handle_thread;
     break;
   case UVS_MODE_SYNC:
@@ -900,7 +966,7 @@ int main(int argc, char** argv) {
   uvs_address_t addr;
   uvs_config_t config;
   uvs_handler_t handler = { 0 };
-  uv_loop_t* loop;
+  uv_loop_t loop;
   char address[UVS_ADDRSTRLEN];
   size_t size = sizeof(address);
   int status = 0;
@@ -919,30 +985,40 @@ int main(int argc, char** argv) {
   app.mode = opts.mode;
   app.drain_ms = opts.drain_ms;
   app.quiet = opts.quiet;
+  fork_parent = getpid();
 
-  /* A NULL loop: the server makes and owns one; it binds and listens now. */
-  err = uvs_server_new(NULL, &app.server, opts.listen, &handler, &config);
+  /* The program's own loop rather than one the server owns: the signal
+   * handles must outlive uvs_server_close, which runs this loop while it
+   * waits for fork mode's children, and a server frees an owned loop at
+   * the end of its close. */
+  err = uv_loop_init(&loop);
+  if (err != 0) {
+    fprintf(stderr, "uvs-echo: %s\n", uvs_strerror(err));
+    return 1;
+  }
+  /* It binds and listens now. */
+  err = uvs_server_new(&loop, &app.server, opts.listen, &handler, &config);
   if (err != 0) {
     report_listen_error(opts.listen, &addr, err);
+    (void) uv_loop_close(&loop);
     return is_usage_error(err) ? 2 : 1;
   }
   uvs_server_set_data(app.server, &app);
-  loop = uvs_server_loop(app.server);
 
-  uv_timer_init(loop, &app.drain_timer);
-  uv_timer_init(loop, &app.watch_timer);
+  uv_timer_init(&loop, &app.drain_timer);
+  uv_timer_init(&loop, &app.watch_timer);
   app.drain_timer.data = &app;
   app.watch_timer.data = &app;
   if (opts.mode == UVS_MODE_SYNC) {
-    if ((err = uv_async_init(loop, &app.wake, on_wake)) == 0) {
+    if ((err = uv_async_init(&loop, &app.wake, on_wake)) == 0) {
       app.wake.data = &app;
       err = install_sync_signals(&app);
     }
   } else {
     app.sigint.data = &app;
     app.sigterm.data = &app;
-    if ((err = uv_signal_init(loop, &app.sigint)) == 0 &&
-        (err = uv_signal_init(loop, &app.sigterm)) == 0 &&
+    if ((err = uv_signal_init(&loop, &app.sigint)) == 0 &&
+        (err = uv_signal_init(&loop, &app.sigterm)) == 0 &&
         (err = uv_signal_start(&app.sigint, on_signal, SIGINT)) == 0) {
       err = uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     }
@@ -967,17 +1043,23 @@ int main(int argc, char** argv) {
   }
 
 cleanup:
+  app.closing = 1;
   /* A signal from now on must not touch the async handle being closed;
    * the handler still counts it, so a second one still exits at once. */
   atomic_store(&sync_wake_live, 0);
-  close_handle((uv_handle_t*) &app.sigint);
-  close_handle((uv_handle_t*) &app.sigterm);
   close_handle((uv_handle_t*) &app.wake);
   close_handle((uv_handle_t*) &app.drain_timer);
   close_handle((uv_handle_t*) &app.watch_timer);
-  /* Let the closes complete before uvs_server_close closes the loop. */
-  uv_run(loop, UV_RUN_NOWAIT);
-  /* Closes the connections still open (after --drain) and the loop. */
+  /* Closes the connections still open (after --drain); in fork mode waits
+   * for the children up to --drain, then kills the rest. It runs the
+   * loop, so the signal handles still answer a second signal. */
   uvs_server_close(app.server, NULL);
+  close_handle((uv_handle_t*) &app.sigint);
+  close_handle((uv_handle_t*) &app.sigterm);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  if (uv_loop_close(&loop) != 0) {
+    fprintf(stderr, "uvs-echo: handles left open at exit\n");
+    status = 1;
+  }
   return status;
 }

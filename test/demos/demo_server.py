@@ -2,7 +2,8 @@
 """What the demo contract tests (test_echo.py, test_chat.py) share, stdlib
 only: a demo server process read up to its listening line and always
 killed by pid, one-shot runs for the command-line errors, the client side
-of the demos' address syntax, and the TAP runner.
+of the demos' address syntax, the processes a demo forks (from /proc),
+and the TAP runner.
 
 Not a test by itself: the test scripts import it from their own folder.
 """
@@ -87,17 +88,23 @@ def expand_listen(listen):
 
 # ---- Server processes -----------------------------------------------------
 
+RUNNING = set()  # pids of the DemoServer processes not yet killed
+
 class DemoServer:
     """A running demo started with `argv`. On entry it reads stdout up to
     the listening line, which must match `regex` (see listening_regex);
-    on exit the process is killed by pid and `tmpdir`, if any, removed."""
+    on exit the process is killed by pid and `tmpdir`, if any, removed.
+    With `session` it leads a process group of its own (a terminal's
+    foreground job), which its children join."""
 
-    def __init__(self, argv, regex, env=None, tmpdir=None):
+    def __init__(self, argv, regex, env=None, tmpdir=None, session=False):
         self.tmpdir = tmpdir
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
-                                     stderr=self.stderr, bufsize=0, env=env)
+                                     stderr=self.stderr, bufsize=0, env=env,
+                                     start_new_session=session)
+        RUNNING.add(self.proc.pid)
         self.regex = regex
         self.line = b""
         self.address = None  # the text after "listening on "
@@ -187,11 +194,107 @@ class DemoServer:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        RUNNING.discard(self.proc.pid)
         self.proc.stdout.close()
         self.stderr.close()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
+
+
+# ---- Processes a demo forks -----------------------------------------------
+
+def proc_stat(pid):
+    """(state, parent pid, start time) of process `pid` from /proc, or None
+    when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The name, in parentheses, may hold anything: fields follow the last
+    # ')'. They start at the state (field 3); the start time is field 22.
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[1]), int(fields[19])
+
+
+def children_of(pid):
+    """{pid: (state, start time)} of the processes whose parent is `pid`,
+    zombies ('Z') included. Empty without /proc."""
+    found = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        st = proc_stat(int(name))
+        if st is not None and st[1] == pid:
+            found[int(name)] = (st[0], st[2])
+    return found
+
+
+def live(procs):
+    """The pids of `procs` ({pid: (state, start time)}, as children_of
+    gives) that are still the same process and not a zombie."""
+    alive = []
+    for pid, (_, start) in procs.items():
+        st = proc_stat(pid)
+        if st is not None and st[2] == start and st[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def become_subreaper():
+    """Makes this process the reaper of the orphans of its descendants
+    (Linux PR_SET_CHILD_SUBREAPER), so that a process a demo forked and
+    left behind becomes our child, where check_no_orphans finds it.
+    Returns False where that is not available."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def check_no_orphans(what, seen=None, timeout=2.0):
+    """After a demo has exited and been waited for: no process it forked
+    is left. Orphans reparented to us (become_subreaper) are reaped once
+    dead and must all die within `timeout` (a child killed with its parent
+    takes a moment); so must the processes in `seen` ({pid: (state, start
+    time)}, children the demo had while running), wherever they went.
+    Leftovers are killed, so that nothing outlives the case, and fail it."""
+    seen = dict(seen or {})
+    deadline = time.monotonic() + timeout
+    while True:
+        ours = {pid: v for pid, v in children_of(os.getpid()).items()
+                if pid not in RUNNING}  # a demo's status is Popen's
+        for pid, (state, _) in ours.items():
+            if state == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        ours = {pid: v for pid, v in ours.items() if v[0] != "Z"}
+        seen.update(ours)
+        left = live(seen)
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in left:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # not ours: init reaps it
+    check(not left, "%s: %d process(es) the demo forked outlive it: %s"
+          % (what, len(left), sorted(left)))
 
 
 # ---- One-shot runs --------------------------------------------------------

@@ -4,13 +4,16 @@
 
 Usage: test_echo.py /path/to/uvs-echo
 
-The stream echo and signal cases run in each mode (event, thread, sync),
-over TCP and over a Unix stream socket; the datagram cases (udp://,
+The stream echo and signal cases run in each mode (event, thread, sync,
+fork), over TCP and over a Unix stream socket; the datagram cases (udp://,
 unixgram:) run in each mode too; a few more check what only thread mode (a
-worker per client, --threads caps them) or sync mode (one client at a
-time) promises. Every case starts its own server on port 0 or in a
-private temporary directory, reads the listening line, and kills the
-server by pid when it ends. Every socket operation has a timeout. Prints
+worker per client, --threads caps them), sync mode (one client at a time)
+or fork mode (a child process per client, which the drain waits for and
+no child outlives) promises. Every case starts its own server on port 0
+or in a private temporary directory, reads the listening line, and kills
+the server by pid when it ends; then no process the server forked may be
+left (this script makes itself the reaper of the server's orphans, where
+Linux allows, to see them). Every socket operation has a timeout. Prints
 TAP and exits 1 when a case fails.
 """
 
@@ -28,8 +31,9 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import demo_server  # noqa: E402 (the folder of this script)
-from demo_server import (Skip, check, expand_listen,  # noqa: E402
-                         listening_regex, short_tempdir, sockaddr, TIMEOUT)
+from demo_server import (Skip, check, check_no_orphans,  # noqa: E402
+                         children_of, expand_listen, listening_regex, live,
+                         short_tempdir, sockaddr, TIMEOUT)
 
 EXE = None
 MiB = 1024 * 1024
@@ -42,15 +46,30 @@ FLAGS = ["--listen", "--mode", "--threads", "--max-conns", "--idle-timeout",
 # ---- Server processes -----------------------------------------------------
 
 class Server(demo_server.DemoServer):
-    """A running uvs-echo; use as a context manager (always killed).
+    """A running uvs-echo; use as a context manager (always killed; then,
+    unless the case failed already, no process it forked may be left).
     `listen` may hold "{tmp}", replaced by a new private directory that is
     removed with the server."""
 
-    def __init__(self, *args, listen=TCP, env=None):
+    def __init__(self, *args, listen=TCP, env=None, session=False):
         listen, tmpdir = expand_listen(listen)
         argv = [EXE] + (["--listen", listen] if listen else []) + list(args)
         super().__init__(argv, listening_regex(listen or TCP), env=env,
-                         tmpdir=tmpdir)
+                         tmpdir=tmpdir, session=session)
+        self.seen = {}  # children seen while it ran (see children)
+
+    def children(self):
+        """The server's child processes now, zombies included; each is
+        remembered for the check at exit."""
+        now = children_of(self.pid)
+        self.seen.update(now)
+        return now
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if exc[0] is None:
+            check_no_orphans("after the server exited", self.seen)
+        return False
 
 
 def run_usage(*args):
@@ -214,6 +233,9 @@ def case_help():
         check(flag in text, "--help does not mention %s" % flag)
     for mode in ("event", "sync", "thread", "fork"):
         check(mode in text, "--help does not mention mode %s" % mode)
+    for line in text.splitlines():
+        check(not ("fork" in line and "not supported" in line),
+              "--help still calls fork unsupported: %r" % line)
     for scheme in ("tcp://", "udp://", "unix:", "unixgram:", "@NAME",
                    "65507"):
         check(scheme in text, "--help does not mention %s" % scheme)
@@ -233,19 +255,6 @@ def case_bad_address_no_port():
 
 def case_bad_address_nonsense():
     expect_usage_error("--listen", "nonsense")
-
-
-def case_mode_fork_not_supported():
-    """On every transport, before anything is bound: no socket file."""
-    d = short_tempdir()
-    try:
-        for listen in ("tcp://127.0.0.1:0", "udp://127.0.0.1:0",
-                       "unix:%s/s.sock" % d, "unixgram:%s/g.sock" % d):
-            err = expect_usage_error("--listen", listen, "--mode", "fork")
-            check(b"not supported" in err, "%s: message %r" % (listen, err))
-        check(os.listdir(d) == [], "files left: %r" % os.listdir(d))
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def case_mode_bogus():
@@ -277,6 +286,8 @@ def case_threads_needs_thread_mode():
                  ["--mode", "event", "--threads", "4"],
                  ["--threads", "4", "--mode", "event"],
                  ["--mode", "sync", "--threads", "4"],
+                 ["--mode", "fork", "--threads", "4"],
+                 ["--threads=1", "--mode=fork"],
                  ["--threads", "4", "--mode", "thread", "--mode", "sync"]):
         err = expect_usage_error("--listen", "tcp://127.0.0.1:0", *args)
         check(b"--threads" in err and b"--mode thread" in err,
@@ -300,7 +311,7 @@ def case_address_in_use():
 
 # ---- Helpers for the cases below ------------------------------------------
 
-MODES = ("event", "thread", "sync")
+MODES = ("event", "thread", "sync", "fork")
 
 
 def mode_args(mode):
@@ -1001,6 +1012,232 @@ def case_threads_cap_fifo():
                 s.close()
 
 
+# ---- Cases: fork mode -----------------------------------------------------
+
+def wait_children(srv, want, what, timeout=TIMEOUT):
+    """Waits until the server has exactly `want` children, none of them a
+    zombie (an unreaped child), and returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = srv.children()
+        alive = {pid: v for pid, v in kids.items() if v[0] != "Z"}
+        if len(kids) == len(alive) == want:
+            return alive
+        if time.monotonic() >= deadline:
+            raise AssertionError("%s: %d child processes (%d zombies), want "
+                                 "%d" % (what, len(kids),
+                                         len(kids) - len(alive), want))
+        time.sleep(0.02)
+
+
+def expect_not_served(srv):
+    """After the first signal a new client is not served: refused, or
+    closed or left without an echo."""
+    try:
+        b = connect(srv.target)
+    except OSError:
+        return
+    try:
+        b.sendall(b"new")
+        b.settimeout(0.5)
+        try:
+            data = b.recv(16)
+        except (socket.timeout, OSError):
+            data = b""
+        check(data == b"", "new client served after the signal: %r" % data)
+    finally:
+        b.close()
+
+
+def expect_cut_off(s, what, timeout=2.0):
+    """The server side of `s` is gone: EOF or a reset, no more echo."""
+    s.settimeout(timeout)
+    try:
+        data = s.recv(64)
+    except socket.timeout:
+        raise AssertionError("%s: connection still open after %.1f s"
+                             % (what, timeout))
+    except ConnectionResetError:
+        data = b""
+    check(data == b"", "%s: got %r" % (what, data))
+
+
+def case_fork_clients(listen):
+    """10 clients at once, each served by a child process of its own while
+    all are open; each half-closes and gets its echo then EOF; the children
+    are reaped as their clients go, while the server goes on."""
+    n = 10
+    with Server("--mode", "fork", listen=listen) as srv:
+        socks = []
+        try:
+            for i in range(n):
+                socks.append(connect(srv.target))
+            for i, s in enumerate(socks):
+                s.sendall(b"client %d\n" % i)
+            for i, s in enumerate(socks):
+                want = b"client %d\n" % i
+                check(recv_exact(s, len(want)) == want,
+                      "client %d: first echo" % i)
+            kids = wait_children(srv, n, "%d clients open" % n)
+            for i, s in enumerate(socks):
+                s.sendall(b"last words %d" % i)
+                s.shutdown(socket.SHUT_WR)
+            for i, s in enumerate(socks):
+                want = b"last words %d" % i
+                same(recv_until_eof(s, len(want)), want,
+                     "client %d after its half-close" % i)
+        finally:
+            for s in socks:
+                s.close()
+        wait_children(srv, 0, "after the clients closed")
+        check(srv.proc.poll() is None, "the server exited")
+        check(live(kids) == [], "children alive: %s" % live(kids))
+        same(echo_stream(srv.target, b"one more\n"), b"one more\n",
+             "a client after the others")
+        stop_and_check_clean(srv)
+
+
+def case_fork_drain(listen):
+    """SIGTERM with --drain 10: accepting stops at once, the child of the
+    client already connected goes on echoing it, and the server exits 0 as
+    soon as that client closes, with no child left."""
+    with Server("--mode", "fork", "--drain", "10", listen=listen) as srv:
+        a = connect(srv.target)
+        closed = False
+        try:
+            a.sendall(b"before")
+            check(recv_exact(a, 6) == b"before", "echo before the signal")
+            kids = wait_children(srv, 1, "one client")
+            srv.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            check(srv.proc.poll() is None, "exited while a client is open")
+            check(sorted(live(kids)) == sorted(kids),
+                  "the client's child died at the signal")
+            expect_not_served(srv)
+            for i in range(3):
+                a.sendall(b"after %d" % i)
+                check(recv_exact(a, 7) == b"after %d" % i,
+                      "echo %d after the signal" % i)
+            a.sendall(b"bye")
+            a.shutdown(socket.SHUT_WR)
+            same(recv_until_eof(a, 3), b"bye", "echo then EOF")
+            t0 = time.monotonic()
+            a.close()
+            closed = True
+            status, _ = srv.wait(2.0)
+            took = time.monotonic() - t0
+            check(status == 0, "exit %r (None: still running) after the "
+                  "client closed" % status)
+            check(took < 2.0, "took %.2f s" % took)
+            check_no_orphans("after the drain", kids)
+            check(srv.read_stderr() == b"", "stderr: %r" % srv.read_stderr())
+        finally:
+            if not closed:
+                a.close()
+
+
+def case_fork_drain_runs_out(listen):
+    """--drain 0.5 and a client that stays: the server exits 0 after about
+    half a second, and the client's child is killed with it: the client
+    sees its connection end."""
+    with Server("--mode", "fork", "--drain", "0.5", "--quiet",
+                listen=listen) as srv:
+        a = connect(srv.target)
+        try:
+            a.sendall(b"x")
+            check(recv_exact(a, 1) == b"x", "echo before the signal")
+            kids = wait_children(srv, 1, "one client")
+            t0 = time.monotonic()
+            srv.signal(signal.SIGTERM)
+            status, _ = srv.wait(5.0)
+            took = time.monotonic() - t0
+            check(status == 0, "exit %r (None: still running) after the "
+                  "drain" % status)
+            check(0.3 <= took <= 2.5, "exited %.2f s after SIGTERM, want "
+                  "about 0.5" % took)
+            expect_cut_off(a, "client after the drain")
+            check_no_orphans("after the drain ran out", kids)
+        finally:
+            a.close()
+
+
+def case_fork_second_signal(listen):
+    """A second signal during the drain exits at once with 1, and the
+    children die with the server rather than serve on as orphans."""
+    with Server("--mode", "fork", "--drain", "10", listen=listen) as srv:
+        a = connect(srv.target)
+        try:
+            a.sendall(b"x")
+            check(recv_exact(a, 1) == b"x", "echo before the signal")
+            kids = wait_children(srv, 1, "one client")
+            srv.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            check(srv.proc.poll() is None, "exited while a client is open")
+            t0 = time.monotonic()
+            srv.signal(signal.SIGINT)
+            status, _ = srv.wait(1.0)
+            took = time.monotonic() - t0
+            check(status == 1, "second signal: exit %r, want 1" % status)
+            check(took < 1.0, "took %.2f s" % took)
+            expect_cut_off(a, "client after the second signal")
+            check_no_orphans("after the second signal", kids)
+        finally:
+            a.close()
+
+
+def case_fork_group_sigint():
+    """Ctrl-C in a terminal sends SIGINT to the whole process group, the
+    children too: they go on serving their clients through the drain (the
+    server alone ends them), and the server exits 0 when they are done."""
+    with Server("--mode", "fork", "--drain", "10", session=True) as srv:
+        a = connect(srv.target)
+        closed = False
+        try:
+            a.sendall(b"x")
+            check(recv_exact(a, 1) == b"x", "echo before the signal")
+            kids = wait_children(srv, 1, "one client")
+            os.killpg(srv.pid, signal.SIGINT)  # its own group (session)
+            time.sleep(0.3)
+            check(srv.proc.poll() is None, "exited while a client is open")
+            check(sorted(live(kids)) == sorted(kids),
+                  "the child died of the group's SIGINT")
+            a.sendall(b"still here")
+            check(recv_exact(a, 10) == b"still here", "echo after Ctrl-C")
+            a.close()
+            closed = True
+            status, _ = srv.wait(2.0)
+            check(status == 0, "exit %r (None: still running) after the "
+                  "client closed" % status)
+            check_no_orphans("after Ctrl-C", kids)
+        finally:
+            if not closed:
+                a.close()
+
+
+def case_fork_dgram(listen):
+    """Each datagram is answered by a child of its own, from the server's
+    address; the children are reaped at once, and SIGTERM ends the server
+    with 0 and no child left."""
+    with Server("--mode", "fork", listen=listen) as srv:
+        s, dest = dgram_client(srv)
+        try:
+            want = [b"fork %d " % i + payload(i * 101, i) for i in range(30)]
+            for data in want:
+                same(dgram_roundtrip(s, dest, data), data, "datagram echo")
+            # Ten at once: each is served, in whatever order.
+            burst = [b"burst %d" % i for i in range(10)]
+            for data in burst:
+                s.sendto(data, dest)
+            got = [recv_datagram(s, "burst reply %d" % i)[0]
+                   for i in range(len(burst))]
+            check(sorted(got) == sorted(burst), "burst: %r" % got)
+            expect_no_datagram(s, 0.1, "after the burst")
+        finally:
+            s.close()
+        wait_children(srv, 0, "after the replies")
+        stop_and_check_clean(srv)
+
+
 # ---- Cases: sync mode -----------------------------------------------------
 
 def case_sync_one_at_a_time():
@@ -1099,7 +1336,6 @@ CASES = [
     ("--listen without value exits 2", case_listen_without_value),
     ("address without port exits 2", case_bad_address_no_port),
     ("nonsense address exits 2", case_bad_address_nonsense),
-    ("--mode fork not supported yet", case_mode_fork_not_supported),
     ("--mode bogus exits 2", case_mode_bogus),
     ("--max-conns, --idle-timeout not supported yet",
      case_later_flags_not_supported),
@@ -1178,6 +1414,28 @@ CASES += [
      case_sync_backlog_after_signal),
     ("SIGTERM mid-stream: the client is served to its end [sync]",
      case_sync_sigterm_mid_stream),
+    ("Ctrl-C to the process group: children serve on [fork]",
+     case_fork_group_sigint),
+]
+
+for _transport, _listen in (("tcp", TCP), ("unix", UNIX)):
+    CASES += [
+        ("10 clients, a child each, reaped as they close [fork, %s]"
+         % _transport, functools.partial(case_fork_clients, _listen)),
+        ("SIGTERM: the open client's child serves on, exit 0 when it "
+         "closes [fork, %s]" % _transport,
+         functools.partial(case_fork_drain, _listen)),
+        ("the drain runs out: children killed, exit 0 [fork, %s]"
+         % _transport, functools.partial(case_fork_drain_runs_out, _listen)),
+        ("second signal: exit 1, children die with it [fork, %s]"
+         % _transport, functools.partial(case_fork_second_signal, _listen)),
+    ]
+
+CASES += [
+    ("datagrams answered by children, reaped [fork, udp]",
+     functools.partial(case_fork_dgram, udp_listen("127.0.0.1"))),
+    ("datagrams answered by children, reaped [fork, unixgram]",
+     functools.partial(case_fork_dgram, UNIXGRAM)),
 ]
 
 
@@ -1187,6 +1445,9 @@ def main():
         sys.stderr.write("usage: test_echo.py /path/to/uvs-echo\n")
         return 2
     EXE = os.path.abspath(sys.argv[1])
+    # Orphans of the server (children it left behind) become ours, where
+    # Server's exit check finds them.
+    demo_server.become_subreaper()
     # TEST_ECHO_ONLY: run the cases whose name holds this substring.
     return demo_server.run_cases(CASES, os.environ.get("TEST_ECHO_ONLY"))
 
