@@ -644,3 +644,14 @@ static int format_unix(const uvs_address_t* addr,
   text[*len] = '\0';
   return 0;
 }
+
+
+void uvs__addr_peer(uvs_address_t* peer,
+                    uvs_transport_t transport,
+                    const struct sockaddr* sa,
+                    socklen_t len) {
+  if (uvs__addr_from_sockaddr(peer, transport, sa, len) != 0) {
+    memset(peer, 0, sizeof(*peer));
+    peer->transport = transport;
+  }
+}

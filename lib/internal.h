@@ -84,6 +84,12 @@ int uvs__addr_from_sockaddr(uvs_address_t* addr,
                             uvs_transport_t transport,
                             const struct sockaddr* sa,
                             socklen_t len);
+/* A request's peer from what the kernel returned; an address uvs cannot
+ * read becomes an unnamed peer of `transport`. */
+void uvs__addr_peer(uvs_address_t* peer,
+                    uvs_transport_t transport,
+                    const struct sockaddr* sa,
+                    socklen_t len);
 
 
 /* ---- buf.c ----------------------------------------------------------- */
@@ -332,6 +338,9 @@ void uvs__server_error(uvs_server_t* server,
                        uvs_conn_t* conn,
                        const uvs_address_t* peer,
                        int status);
+/* Runs the verify_request hook: true to serve `peer` (also without one). */
+bool uvs__server_verify_request(uvs_server_t* server,
+                                const uvs_address_t* peer);
 /* Runs the shutdown_request hook, if any, for a request about to close. */
 void uvs__server_shutdown_request(uvs_server_t* server,
                                   uv_os_sock_t fd,

@@ -248,16 +248,12 @@ static void take_datagram(uvs_server_t* server,
                           socklen_t salen) {
   uvs_transport_t transport = server->address.transport;
   uvs_address_t peer;
-  int accept;
   int r;
 
   if (server->closing)
     return;
   server->recv_error_logged = false;
-  if (uvs__addr_from_sockaddr(&peer, transport, sa, salen) != 0) {
-    memset(&peer, 0, sizeof(peer));
-    peer.transport = transport;
-  }
+  uvs__addr_peer(&peer, transport, sa, salen);
   if (oversize || len > server->config.max_packet_size) {
     server->dgram_oversize++;
     uvs__server_error(server, NULL, &peer, UV_EMSGSIZE);
@@ -268,13 +264,7 @@ static void take_datagram(uvs_server_t* server,
     uvs__listen_dgram_update(server);
   }
 
-  accept = 1;
-  if (server->config.hooks.verify_request != NULL) {
-    uvs__callback_depth++;
-    accept = server->config.hooks.verify_request(server, &peer);
-    uvs__callback_depth--;
-  }
-  if (!accept || server->closing) {
+  if (!uvs__server_verify_request(server, &peer) || server->closing) {
     uvs__server_shutdown_request(server, server->fd, &peer);
     if (server->one_shot)
       server->one_shot_done = true;

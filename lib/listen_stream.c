@@ -137,13 +137,9 @@ static void take_connection(uvs_server_t* server,
                             socklen_t len) {
   uvs_address_t peer;
   uint64_t id = 0;
-  int accept;
   int r;
 
-  if (uvs__addr_from_sockaddr(&peer, server->address.transport, sa, len) != 0) {
-    memset(&peer, 0, sizeof(peer));
-    peer.transport = server->address.transport;
-  }
+  uvs__addr_peer(&peer, server->address.transport, sa, len);
   if (server->one_shot) {
     server->one_shot_taken = true;
     uvs__listen_stream_update(server);
@@ -151,13 +147,7 @@ static void take_connection(uvs_server_t* server,
 
   /* verify_request before any allocation: a flood of rejected clients
    * costs no memory. A rejected client sees EOF at once (bpo-26309). */
-  accept = 1;
-  if (server->config.hooks.verify_request != NULL) {
-    uvs__callback_depth++;
-    accept = server->config.hooks.verify_request(server, &peer);
-    uvs__callback_depth--;
-  }
-  if (!accept || server->closing) {
+  if (!uvs__server_verify_request(server, &peer) || server->closing) {
     uvs__server_shutdown_request(server, fd, &peer);
     shutdown(fd, SHUT_WR);
     close(fd);

@@ -731,6 +731,18 @@ void uvs__server_error(uvs_server_t* server,
 }
 
 
+bool uvs__server_verify_request(uvs_server_t* server,
+                                const uvs_address_t* peer) {
+  int accept;
+  if (server->config.hooks.verify_request == NULL)
+    return true;
+  uvs__callback_depth++;
+  accept = server->config.hooks.verify_request(server, peer);
+  uvs__callback_depth--;
+  return accept != 0;
+}
+
+
 void uvs__server_shutdown_request(uvs_server_t* server,
                                   uv_os_sock_t fd,
                                   const uvs_address_t* peer) {
