@@ -4,8 +4,8 @@
  *
  * A user writes a handler (what to do with one client), picks a server kind
  * by its address (tcp://HOST:PORT, udp://HOST:PORT, unix:PATH,
- * unixgram:PATH) and a mode (event, sync or threading today), and uvs does
- * the rest: binding, accepting, reading, writing, shutdown.
+ * unixgram:PATH) and a mode (event, sync, threading or forking), and uvs
+ * does the rest: binding, accepting, reading, writing, shutdown.
  * A server runs on the caller's uv_loop_t (embedding) or on a loop of its own
  * (uvs_server_serve_forever).
  *
@@ -163,7 +163,10 @@ typedef int (*uvs_verify_request_cb)(uvs_server_t* server,
 /* An error happened while processing the request from `peer`. `conn` may
  * be NULL when the error has no connection (an accept error). In
  * threading mode it runs on the worker thread for a handler's error, as in
- * Python; otherwise on the loop thread. */
+ * Python; in forking mode a handler's error is reported in the child
+ * process, and the parent hears only of children that crashed or exited
+ * with another status (UVS_ECHILD_*); otherwise it runs on the loop
+ * thread. */
 typedef void (*uvs_handle_error_cb)(uvs_server_t* server,
                                     uvs_conn_t* conn,
                                     const uvs_address_t* peer,
@@ -425,12 +428,11 @@ UVS_EXTERN void uvs_config_init(uvs_config_t* config);
  * default) it also binds and listens, so the port is known on return; it
  * does not accept until uvs_server_start, serve_forever or handle_request.
  * uvs copies `address`, `handler` and `config` (NULL config: defaults).
- * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOTSUP (a
- * mode this release does not serve: forking), UV_ENOMEM, or the bind or
- * listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure `*server` is
- * NULL and nothing is left open (in the one rare case where handles were
- * already made on the caller's loop, they finish closing when that loop
- * next runs). Threads: the loop's, or any thread for a NULL loop. */
+ * Returns 0, UV_EINVAL (bad address, handler or config), UV_ENOMEM, or
+ * the bind or listen error (UV_EADDRINUSE, UV_EACCES, ...). On failure
+ * `*server` is NULL and nothing is left open (in the one rare case where
+ * handles were already made on the caller's loop, they finish closing when that
+ * loop next runs). Threads: the loop's, or any thread for a NULL loop. */
 UVS_EXTERN int uvs_server_new(uv_loop_t* loop,
                               uvs_server_t** server,
                               const char* address,
