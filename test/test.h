@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -321,5 +323,44 @@ static inline int test_wait_eof(int fd, int timeout_ms) {
   }
   return 0;
 }
+
+/* A temporary directory under /tmp, removed with everything left in it;
+ * Unix socket paths of a case live in one. */
+typedef struct {
+  char path[64];
+} test_tmpdir_t;
+
+static inline void test_tmpdir_make(test_tmpdir_t* dir) {
+  snprintf(dir->path, sizeof(dir->path), "/tmp/uvs-test-XXXXXX");
+  if (mkdtemp(dir->path) == NULL)
+    TEST__FAIL("mkdtemp: %s", strerror(errno));
+}
+
+/* `out` = the directory's path, '/', `name`. */
+static inline void test_tmpdir_file(const test_tmpdir_t* dir,
+                                    const char* name,
+                                    char* out,
+                                    size_t cap) {
+  int n = snprintf(out, cap, "%s/%s", dir->path, name);
+  ASSERT_TRUE(n > 0 && (size_t) n < cap);
+}
+
+static inline int test_tmpdir_remove_entry(const char* path,
+                                           const struct stat* st,
+                                           int flag,
+                                           struct FTW* ftw) {
+  (void) st;
+  (void) ftw;
+  if (flag == FTW_DP)
+    return rmdir(path);
+  return unlink(path);
+}
+
+/* Removes the directory and everything left in it. */
+static inline void test_tmpdir_remove(const test_tmpdir_t* dir) {
+  if (nftw(dir->path, test_tmpdir_remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
+    TEST__FAIL("removing %s: %s", dir->path, strerror(errno));
+}
+
 
 #endif /* UVS_TEST_H */

@@ -289,40 +289,6 @@ static void wait_process_gone(pid_t pid, int ms) {
 
 /* ---- Temporary directories ------------------------------------------ */
 
-typedef struct {
-  char path[64];
-} tmpdir_t;
-
-static void tmpdir_make(tmpdir_t* dir) {
-  snprintf(dir->path, sizeof(dir->path), "/tmp/uvs-fork-XXXXXX");
-  if (mkdtemp(dir->path) == NULL)
-    TEST__FAIL("mkdtemp: %s", strerror(errno));
-}
-
-static void tmpdir_file(const tmpdir_t* dir,
-                        const char* name,
-                        char* out,
-                        size_t cap) {
-  int n = snprintf(out, cap, "%s/%s", dir->path, name);
-  ASSERT_TRUE(n > 0 && (size_t) n < cap);
-}
-
-static int remove_entry(const char* path,
-                        const struct stat* st,
-                        int flag,
-                        struct FTW* ftw) {
-  (void) st;
-  (void) ftw;
-  if (flag == FTW_DP)
-    return rmdir(path);
-  return unlink(path);
-}
-
-static void tmpdir_remove(const tmpdir_t* dir) {
-  if (nftw(dir->path, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
-    TEST__FAIL("removing %s: %s", dir->path, strerror(errno));
-}
-
 
 /* ---- Handlers -------------------------------------------------------- */
 
@@ -785,7 +751,7 @@ static void dgram_examine(const uvs_address_t* to, const char* name) {
  * server exists must still be there for the test to reap afterwards; a
  * second one (73) exits while the server serves. */
 static void run_server(const char* transport, int foreign) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   shared_t* sh = shared_new();
   serve_thread_t t;
   uvs_server_t* server;
@@ -799,13 +765,13 @@ static void run_server(const char* transport, int foreign) {
   int i;
 
   path[0] = '\0';
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   if (foreign)
     early = foreign_child(FOREIGN_EXIT);
   if (strcmp(transport, "tcp") == 0 || strcmp(transport, "udp") == 0) {
     snprintf(address, sizeof(address), "%s://127.0.0.1:0", transport);
   } else {
-    tmpdir_file(&dir, "server.sock", path, sizeof(path));
+    test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
     snprintf(address, sizeof(address), "%s:%s", transport, path);
   }
   server = new_server(NULL, address, NULL, sh);
@@ -825,7 +791,7 @@ static void run_server(const char* transport, int foreign) {
       char name[PATH_CAP];
       char file[32];
       snprintf(file, sizeof(file), "client%d.sock", i);
-      tmpdir_file(&dir, file, name, sizeof(name));
+      test_tmpdir_file(&dir, file, name, sizeof(name));
       dgram_examine(&to, name);
     } else {
       dgram_examine(&to, NULL);
@@ -857,7 +823,7 @@ static void run_server(const char* transport, int foreign) {
     reap_foreign(during, FOREIGN_EXIT + 1);
   }
   assert_no_children(0);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
   shared_free(sh);
 }
 
@@ -916,7 +882,7 @@ static void read_log(const shared_t* sh, char* out, size_t cap) {
  * for UVS_ESTOP (SystemExit: no handle_error; the child exits 2 and
  * handle_request returns UVS_ESTOP in the parent). */
 static void forking_error_test(int result) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   shared_t* sh = shared_new();
   uvs_handler_t handler;
   uvs_config_t config = fork_config(NULL);
@@ -925,8 +891,8 @@ static void forking_error_test(int result) {
   char log[128];
   int fd;
 
-  tmpdir_make(&dir);
-  tmpdir_file(&dir, "log", sh->log_path, sizeof(sh->log_path));
+  test_tmpdir_make(&dir);
+  test_tmpdir_file(&dir, "log", sh->log_path, sizeof(sh->log_path));
   sh->bad_result = result;
   memset(&handler, 0, sizeof(handler));
   handler.handle = bad_handle;
@@ -961,7 +927,7 @@ static void forking_error_test(int result) {
    * of the parent's. */
   ASSERT_EQ(seen(&sh->errors), 0);
   assert_no_children(0);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
   shared_free(sh);
 }
 
@@ -1191,7 +1157,7 @@ static int watch(cap_t* c, int ms, int until_done) {
  * more client served while the last still waits; the rest of the tokens
  * serve everyone, and nothing was dropped (no handle_error). */
 static void run_cap(const char* transport, unsigned limit, int n) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   cap_t c;
   uvs_config_t config;
   serve_thread_t t;
@@ -1201,14 +1167,14 @@ static void run_cap(const char* transport, unsigned limit, int n) {
 
   ASSERT_LE(n, CAP_CLIENTS_MAX);
   ASSERT_LT(limit + 1, (unsigned) n);
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   memset(&c, 0, sizeof(c));
   c.sh = shared_new();
   c.limit = limit;
   c.n = n;
   if (strcmp(transport, "unixgram") == 0) {
     char path[PATH_CAP];
-    tmpdir_file(&dir, "server.sock", path, sizeof(path));
+    test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
     snprintf(address, sizeof(address), "unixgram:%s", path);
   } else {
     snprintf(address, sizeof(address), "%s://127.0.0.1:0", transport);
@@ -1228,7 +1194,7 @@ static void run_cap(const char* transport, unsigned limit, int n) {
       char name[PATH_CAP];
       char file[32];
       snprintf(file, sizeof(file), "client%d.sock", i);
-      tmpdir_file(&dir, file, name, sizeof(name));
+      test_tmpdir_file(&dir, file, name, sizeof(name));
       c.r[i].fd = dgram_client(&to, name);
       dgram_send(c.r[i].fd, &to, line);
     }
@@ -1273,7 +1239,7 @@ static void run_cap(const char* transport, unsigned limit, int n) {
   ASSERT_EQ(seen(&c.sh->child_errors), 0);
   assert_no_children(0);
   shared_free(c.sh);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 /* max_children = 3, five TCP clients. */

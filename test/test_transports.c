@@ -52,44 +52,6 @@
 #define ARRAY_LEN(a)  (sizeof(a) / sizeof((a)[0]))
 
 
-/* ---- Temporary directories ------------------------------------------ */
-
-typedef struct {
-  char path[64];
-} tmpdir_t;
-
-static void tmpdir_make(tmpdir_t* dir) {
-  snprintf(dir->path, sizeof(dir->path), "/tmp/uvs-transports-XXXXXX");
-  if (mkdtemp(dir->path) == NULL)
-    TEST__FAIL("mkdtemp: %s", strerror(errno));
-}
-
-/* `out` = the directory's path, '/', `name`. */
-static void tmpdir_file(const tmpdir_t* dir,
-                        const char* name,
-                        char* out,
-                        size_t cap) {
-  int n = snprintf(out, cap, "%s/%s", dir->path, name);
-  ASSERT_TRUE(n > 0 && (size_t) n < cap);
-}
-
-static int remove_entry(const char* path,
-                        const struct stat* st,
-                        int flag,
-                        struct FTW* ftw) {
-  (void) st;
-  (void) ftw;
-  if (flag == FTW_DP)
-    return rmdir(path);
-  return unlink(path);
-}
-
-/* Removes the directory and everything left in it. */
-static void tmpdir_remove(const tmpdir_t* dir) {
-  if (nftw(dir->path, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
-    TEST__FAIL("removing %s: %s", dir->path, strerror(errno));
-}
-
 static int path_is_socket(const char* path) {
   struct stat st;
   return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode);
@@ -780,7 +742,7 @@ static void serve_one(uvs_server_t* server, const char* name) {
  * opened since that could reuse it) and the socket file is gone. */
 static void run_server(const char* transport, uvs_mode_t mode) {
   uvs_transport_t tr;
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   serve_thread_t t;
   uvs_server_t* server;
@@ -791,10 +753,10 @@ static void run_server(const char* transport, uvs_mode_t mode) {
   int fd;
   int i;
 
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
   if (unix_path) {
-    tmpdir_file(&dir, "server.sock", path, sizeof(path));
+    test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
     snprintf(address, sizeof(address), "%s:%s", transport, path);
   } else {
     snprintf(address, sizeof(address), "udp://127.0.0.1:0");
@@ -816,7 +778,7 @@ static void run_server(const char* transport, uvs_mode_t mode) {
       char name[PATH_CAP];
       char file[32];
       snprintf(file, sizeof(file), "client%d.sock", i);
-      tmpdir_file(&dir, file, name, sizeof(name));
+      test_tmpdir_file(&dir, file, name, sizeof(name));
       dgram_examine(&to, name, &ctx);
     } else {
       dgram_examine(&to, NULL, &ctx);
@@ -842,7 +804,7 @@ static void run_server(const char* transport, uvs_mode_t mode) {
     ASSERT_EQ(atomic_load(&ctx.finished), 3);
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 /* test_UnixStreamServer (case 4): UnixStreamServer + StreamRequestHandler,
@@ -983,7 +945,7 @@ static void stress_run(const char* transport, uvs_mode_t mode) {
   char* out = malloc(DGRAM_MAX);
   char* in = malloc(DGRAM_MAX + 1);
   char* scratch = malloc(DGRAM_MAX + 1);
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   serve_thread_t t;
   uvs_server_t* server;
@@ -1007,10 +969,10 @@ static void stress_run(const char* transport, uvs_mode_t mode) {
   ASSERT_NOT_NULL(in);
   ASSERT_NOT_NULL(scratch);
   memset(items, 0, sizeof(items));
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   if (udp)
     snprintf(address, sizeof(address), "udp://127.0.0.1:0");
   else
@@ -1113,7 +1075,7 @@ static void stress_run(const char* transport, uvs_mode_t mode) {
   ASSERT_EQ(atomic_load(&ctx.send_errors), 0);
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
   free(out);
   free(in);
   free(scratch);
@@ -1154,7 +1116,7 @@ static const uvs_mode_t all_modes[] = {
 
 /* A served datagram server with one client, for the cases below. */
 typedef struct {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   serve_thread_t thread;
   uvs_server_t* server;
@@ -1173,10 +1135,10 @@ static void fixture_start(dgram_fixture_t* f,
   char address[ADDR_CAP];
   printf("# %s, %s mode\n", transport, mode_name(mode));
   f->udp = strcmp(transport, "udp") == 0;
-  tmpdir_make(&f->dir);
+  test_tmpdir_make(&f->dir);
   ctx_init(&f->ctx);
-  tmpdir_file(&f->dir, "server.sock", f->path, sizeof(f->path));
-  tmpdir_file(&f->dir, "client.sock", f->name, sizeof(f->name));
+  test_tmpdir_file(&f->dir, "server.sock", f->path, sizeof(f->path));
+  test_tmpdir_file(&f->dir, "client.sock", f->name, sizeof(f->name));
   if (f->udp)
     snprintf(address, sizeof(address), "udp://127.0.0.1:0");
   else
@@ -1195,7 +1157,7 @@ static void fixture_stop(dgram_fixture_t* f) {
   ASSERT_EQ(atomic_load(&f->ctx.eof_errors), 0);
   ASSERT_EQ(atomic_load(&f->ctx.send_errors), 0);
   ctx_destroy(&f->ctx);
-  tmpdir_remove(&f->dir);
+  test_tmpdir_remove(&f->dir);
 }
 
 
@@ -1334,7 +1296,7 @@ static void unixgram_unanswerable_variant(uvs_mode_t mode) {
 
   if (mode != UVS_MODE_EVENT) {
     char gone[PATH_CAP];
-    tmpdir_file(&f.dir, "gone.sock", gone, sizeof(gone));
+    test_tmpdir_file(&f.dir, "gone.sock", gone, sizeof(gone));
     fd = dgram_client(&f.to, gone);
     dgram_send(fd, &f.to, "slow", 4);
     close(fd);
@@ -1387,7 +1349,7 @@ static void unixgram_unnamed_peer(void) {
  * waiting, the first call answers the first only, the second call the
  * other. */
 static void handle_request_variant(const char* transport, uvs_mode_t mode) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   uvs_server_t* server;
   uvs_address_t to;
@@ -1398,10 +1360,10 @@ static void handle_request_variant(const char* transport, uvs_mode_t mode) {
   int fd;
 
   printf("# %s, %s mode\n", transport, mode_name(mode));
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   if (udp)
     snprintf(address, sizeof(address), "udp://127.0.0.1:0");
   else
@@ -1429,7 +1391,7 @@ static void handle_request_variant(const char* transport, uvs_mode_t mode) {
   ASSERT_EQ(atomic_load(&ctx.requests), 2);
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 static void handle_request_one_datagram(void) {
@@ -1490,7 +1452,7 @@ static void socket_files(const char* transport) {
   int dgram = strcmp(transport, "unixgram") == 0;
   const char* other = dgram ? "unix" : "unixgram";
   int types[2];
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   uvs_server_t* server;
   char path[PATH_CAP];
@@ -1505,10 +1467,10 @@ static void socket_files(const char* transport) {
 
   types[0] = dgram ? SOCK_DGRAM : SOCK_STREAM;
   types[1] = dgram ? SOCK_STREAM : SOCK_DGRAM;
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   client = dgram ? name : NULL;
   snprintf(address, sizeof(address), "%s:%s", transport, path);
   snprintf(other_address, sizeof(other_address), "%s:%s", other, path);
@@ -1557,7 +1519,7 @@ static void socket_files(const char* transport) {
 
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 /* The probe that tells a live socket file from a stale one is not a
@@ -1565,16 +1527,16 @@ static void socket_files(const char* transport) {
  * the first has nothing waiting, and handle_request times out. */
 static void live_path_probe_unseen(void) {
   static const char* transports[] = { "unixgram", "unix" };
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   uvs_config_t config;
   char path[PATH_CAP];
   char address[ADDR_CAP];
   size_t i;
 
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
   uvs_config_init(&config);
   config.timeout_ms = 100;
   for (i = 0; i < ARRAY_LEN(transports); i++) {
@@ -1588,7 +1550,7 @@ static void live_path_probe_unseen(void) {
     ASSERT_OK(uvs_server_close(server, NULL));
   }
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 static void unix_socket_files(void) {
@@ -1605,7 +1567,7 @@ static void unixgram_socket_files(void) {
  * nothing, not even a truncated path. */
 static void long_paths(void) {
   static const char* transports[] = { "unix", "unixgram" };
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   char longest[PATH_CAP];
   char over[PATH_CAP];
@@ -1615,9 +1577,9 @@ static void long_paths(void) {
   size_t i;
   size_t n;
 
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   n = strlen(dir.path) + 1;
   snprintf(longest, sizeof(longest), "%s/", dir.path);
   memset(longest + n, 'a', SUN_PATH_SIZE - 1 - n);
@@ -1648,7 +1610,7 @@ static void long_paths(void) {
     ASSERT_NO_FILE(longest);
   }
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 
@@ -1659,7 +1621,7 @@ static void long_paths(void) {
  * file stays. */
 static void unlink_policy(void) {
   static const char* transports[] = { "unix", "unixgram" };
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   ctx_t ctx;
   uvs_config_t keep;
   char path[PATH_CAP];
@@ -1667,10 +1629,10 @@ static void unlink_policy(void) {
   char address[ADDR_CAP];
   size_t i;
 
-  tmpdir_make(&dir);
+  test_tmpdir_make(&dir);
   ctx_init(&ctx);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   uvs_config_init(&keep);
   keep.unlink_on_close = 0;
 
@@ -1703,7 +1665,7 @@ static void unlink_policy(void) {
   }
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   ctx_destroy(&ctx);
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 
@@ -1738,16 +1700,16 @@ static int permission_checks(const char* ro, const char* rw) {
  * permission, so as root a child drops to nobody (uid and gid 65534) and
  * checks there, reporting through its exit status. */
 static void permission_denied(void) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   char ro[PATH_CAP];
   char rw[PATH_CAP];
   DIR* d;
   struct dirent* ent;
   int entries = 0;
 
-  tmpdir_make(&dir);
-  tmpdir_file(&dir, "ro", ro, sizeof(ro));
-  tmpdir_file(&dir, "rw", rw, sizeof(rw));
+  test_tmpdir_make(&dir);
+  test_tmpdir_file(&dir, "ro", ro, sizeof(ro));
+  test_tmpdir_file(&dir, "rw", rw, sizeof(rw));
   ASSERT_OK(mkdir(ro, 0700));
   ASSERT_OK(mkdir(rw, 0700));
   ASSERT_OK(chmod(ro, 0555));
@@ -1782,11 +1744,11 @@ static void permission_denied(void) {
   ASSERT_EQ(entries, 0);
   {
     char file[PATH_CAP];
-    tmpdir_file(&dir, "rw/server.sock", file, sizeof(file));
+    test_tmpdir_file(&dir, "rw/server.sock", file, sizeof(file));
     ASSERT_NO_FILE(file);
   }
   ASSERT_OK(chmod(ro, 0700));
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 
@@ -1904,16 +1866,16 @@ static void udp_ipv6(void) {
  * unbound client is unnamed and formats as "unix:"; a client bound to a
  * path, or to an abstract name, reports it. Each mode. */
 static void unix_stream_peer_address(void) {
-  tmpdir_t dir;
+  test_tmpdir_t dir;
   char path[PATH_CAP];
   char name[PATH_CAP];
   char address[ADDR_CAP];
   char want[ADDR_CAP];
   size_t i;
 
-  tmpdir_make(&dir);
-  tmpdir_file(&dir, "server.sock", path, sizeof(path));
-  tmpdir_file(&dir, "client.sock", name, sizeof(name));
+  test_tmpdir_make(&dir);
+  test_tmpdir_file(&dir, "server.sock", path, sizeof(path));
+  test_tmpdir_file(&dir, "client.sock", name, sizeof(name));
   snprintf(address, sizeof(address), "unix:%s", path);
   for (i = 0; i < ARRAY_LEN(all_modes); i++) {
     ctx_t ctx;
@@ -1945,7 +1907,7 @@ static void unix_stream_peer_address(void) {
     ASSERT_EQ(atomic_load(&ctx.errors), 0);
     ctx_destroy(&ctx);
   }
-  tmpdir_remove(&dir);
+  test_tmpdir_remove(&dir);
 }
 
 
