@@ -703,16 +703,16 @@ UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
 
 /* ---- Request I/O (blocking modes) ------------------------------------ */
 
-/* socketserver's rfile and wfile, for setup/handle/finish in sync and
- * threading mode ("Threads: handler": only the thread running this
- * connection's handler). Each call blocks at most the request timeout
+/* socketserver's rfile and wfile, for setup/handle/finish in sync,
+ * threading and forking mode ("Threads: handler": only the thread running
+ * this connection's handler). Each call blocks at most the request timeout
  * (config->request_timeout_ms, uvs_conn_set_timeout) and then fails with
  * UV_ETIMEDOUT. When the server closes the connection a blocked call
  * returns UV_ECANCELED at once; after a reset or a send error calls fail
  * with that error (received bytes are still read first). In threading
  * mode the socket stays in the loop and these calls never touch it; in
- * sync mode they use the descriptor directly. In event mode they return
- * UV_ENOTSUP. */
+ * sync mode and in a forked child they use the descriptor directly. In
+ * event mode they return UV_ENOTSUP. */
 
 /** Reads up to `n` bytes into `buf`, waiting until at least one is there.
  * Returns the count, 0 at the peer's EOF (or for n == 0), or an error.

@@ -198,7 +198,7 @@ _Noreturn static void child_main(uvs_server_t* server,
   int status = 0;
   int r;
 
-  uvs__server_close_inherited(server, fd);
+  uvs__server_close_inherited(fd);
   conn = uvs__conn_new_forked(server, fd, peer, data, len, id);
   if (conn == NULL) {
     if (fd != server->fd)
@@ -416,8 +416,8 @@ void uvs__fork_close(uvs_server_t* server) {
   uvs__server_closing_handle(server);
   reap(server, false);
   if (server->nchildren > 0 && server->config.block_on_close) {
+    /* The SIGCHLD handle is referenced while children live (reap). */
     server->children_waiting = true;
-    uv_ref((uv_handle_t*) &server->child_signal);
     uv_timer_start(&server->children_timer,
                    on_wait_over,
                    server->config.children_wait_ms,

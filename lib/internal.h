@@ -251,7 +251,7 @@ struct uvs_server_s {
   bool accepting;           /* the user wants accepting (start/serve) */
   bool poll_inited;         /* the poll handle exists */
   bool poll_active;         /* the poll handle is started */
-  bool accept_error_logged; /* this burst of accept errors was reported */
+  bool accept_error_logged; /* this burst of listener errors was reported */
   bool accept_backoff;      /* paused after EMFILE, retry timer running */
   uv_poll_t poll;           /* stream listener, unixgram socket */
   uv_timer_t accept_retry;
@@ -263,11 +263,10 @@ struct uvs_server_s {
   bool udp_opened;            /* and owns fd */
   bool dgram_drop_logged;     /* this burst of dropped replies was reported */
   bool in_batch;              /* inside a recvmmsg batch's callbacks */
-  bool recv_error_logged;     /* this burst of receive errors was reported */
   bool sync_served;           /* sync UDP: a request was served this batch */
   bool sync_paused;           /* sync UDP: receiving waits a loop iteration */
   uvs__list_t dgram_queue;    /* unixgram replies the socket refused */
-  size_t dgram_queue_bytes;   /* their bytes, and udp's send queue */
+  size_t dgram_queue_bytes;   /* their bytes */
   unsigned dgram_queue_len;   /* their number */
   uv_timer_t dgram_retry;     /* retries them */
   uint64_t dgram_retry_ms;    /* its current interval */
@@ -355,7 +354,11 @@ void uvs__server_conn_done(uvs_server_t* server, uint64_t id);
 int uvs__server_update_listener(uvs_server_t* server);
 /* In a forked child: closes the listening sockets and open connections of
  * every uvs server in the process, except descriptor `keep`. */
-void uvs__server_close_inherited(uvs_server_t* self, uv_os_sock_t keep);
+void uvs__server_close_inherited(uv_os_sock_t keep);
+/* The listener failed for lack of descriptors or memory (or for a reason
+ * it cannot tell apart): counted, reported once per burst, and accepting
+ * pauses for UVS__ACCEPT_RETRY_MS instead of spinning. */
+void uvs__server_listen_error(uvs_server_t* server, int err);
 /* A shutdown asked the running serve_forever to return. Any thread. */
 bool uvs__server_stop_requested(uvs_server_t* server);
 /* A handler returned UVS_ESTOP: stop serve_forever (or make the running

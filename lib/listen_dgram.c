@@ -64,7 +64,6 @@ typedef struct {
   uv_udp_send_t req;
   uvs_server_t* server;
   uvs_address_t peer;
-  size_t len;
   char data[];
 } udp_send_t;
 
@@ -77,7 +76,6 @@ static void on_udp_recv(uv_udp_t* handle,
 static void on_unixgram_readable(uv_poll_t* handle, int status, int events);
 static void on_udp_sent(uv_udp_send_t* req, int status);
 static void on_retry(uv_timer_t* handle);
-static void on_backoff_over(uv_timer_t* handle);
 static void on_sync_resume(uv_timer_t* handle);
 static void on_handle_closed(uv_handle_t* handle);
 
@@ -210,31 +208,11 @@ static void on_handle_closed(uv_handle_t* handle) {
 
 /* ---- Receiving ------------------------------------------------------ */
 
-/* A receive error that is not about one datagram: reported once per burst;
- * receiving pauses for UVS__ACCEPT_RETRY_MS so a lasting error (no memory)
- * cannot spin the loop. */
+/* A receive error that is not about one datagram (it ends any batch):
+ * the listener's back-off, as for accept errors (server.c). */
 static void recv_error(uvs_server_t* server, int err) {
-  server->accept_errors++;
-  if (!server->recv_error_logged) {
-    server->recv_error_logged = true;
-    uvs__server_error(server, NULL, NULL, err);
-  }
-  if (server->closing || server->accept_backoff)
-    return;
-  server->accept_backoff = true;
   server->in_batch = false;
-  uvs__listen_dgram_update(server);
-  uv_timer_start(&server->accept_retry,
-                 on_backoff_over,
-                 UVS__ACCEPT_RETRY_MS,
-                 0);
-}
-
-
-static void on_backoff_over(uv_timer_t* handle) {
-  uvs_server_t* server = uv_handle_get_data((uv_handle_t*) handle);
-  server->accept_backoff = false;
-  uvs__listen_dgram_update(server);
+  uvs__server_listen_error(server, err);
 }
 
 
@@ -252,7 +230,7 @@ static void take_datagram(uvs_server_t* server,
 
   if (server->closing)
     return;
-  server->recv_error_logged = false;
+  server->accept_error_logged = false;
   uvs__addr_peer(&peer, transport, sa, salen);
   if (oversize || len > server->config.max_packet_size) {
     server->dgram_oversize++;
@@ -588,7 +566,6 @@ static int udp_send(uvs_server_t* server,
     return UV_ENOMEM;
   s->server = server;
   s->peer = *peer;
-  s->len = len;
   memcpy(s->data, data, len);
   buf = uv_buf_init(s->data, (unsigned int) len);
   r = uv_udp_send(&s->req, &server->udp, &buf, 1, &peer->u.sa, on_udp_sent);

@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 static void on_readable(uv_poll_t* handle, int status, int events);
-static void on_accept_retry(uv_timer_t* handle);
 static void on_poll_closed(uv_handle_t* handle);
 
 
@@ -107,30 +106,6 @@ static bool is_transient(int err) {
 }
 
 
-static void start_backoff(uvs_server_t* server, int err) {
-  server->accept_errors++;
-  if (!server->accept_error_logged) {
-    server->accept_error_logged = true;
-    uvs__server_error(server, NULL, NULL, err);
-  }
-  if (server->closing)
-    return;
-  server->accept_backoff = true;
-  uvs__listen_stream_update(server);
-  uv_timer_start(&server->accept_retry,
-                 on_accept_retry,
-                 UVS__ACCEPT_RETRY_MS,
-                 0);
-}
-
-
-static void on_accept_retry(uv_timer_t* handle) {
-  uvs_server_t* server = container_of(handle, uvs_server_t, accept_retry);
-  server->accept_backoff = false;
-  uvs__listen_stream_update(server);
-}
-
-
 static void take_connection(uvs_server_t* server,
                             int fd,
                             const struct sockaddr* sa,
@@ -188,7 +163,7 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
   unsigned i;
 
   if (status < 0) {
-    start_backoff(server, status);
+    uvs__server_listen_error(server, status);
     return;
   }
   for (i = 0; i < server->config.accept_batch && server->poll_active; i++) {
@@ -211,7 +186,7 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
         continue;
       /* EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unknown: the
        * connection stays in the backlog; retrying now would spin. */
-      start_backoff(server, UVS__ERR(err));
+      uvs__server_listen_error(server, UVS__ERR(err));
       break;
     }
     server->accept_error_logged = false;

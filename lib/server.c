@@ -743,6 +743,30 @@ bool uvs__server_verify_request(uvs_server_t* server,
 }
 
 
+static void on_listen_retry(uv_timer_t* handle) {
+  uvs_server_t* server = uv_handle_get_data((uv_handle_t*) handle);
+  server->accept_backoff = false;
+  uvs__server_update_listener(server);
+}
+
+
+void uvs__server_listen_error(uvs_server_t* server, int err) {
+  server->accept_errors++;
+  if (!server->accept_error_logged) {
+    server->accept_error_logged = true;
+    uvs__server_error(server, NULL, NULL, err);
+  }
+  if (server->closing || server->accept_backoff)
+    return;
+  server->accept_backoff = true;
+  uvs__server_update_listener(server);
+  uv_timer_start(&server->accept_retry,
+                 on_listen_retry,
+                 UVS__ACCEPT_RETRY_MS,
+                 0);
+}
+
+
 void uvs__server_shutdown_request(uvs_server_t* server,
                                   uv_os_sock_t fd,
                                   const uvs_address_t* peer) {
@@ -754,9 +778,8 @@ void uvs__server_shutdown_request(uvs_server_t* server,
 }
 
 
-void uvs__server_close_inherited(uvs_server_t* self, uv_os_sock_t keep) {
+void uvs__server_close_inherited(uv_os_sock_t keep) {
   uvs__list_t* node;
-  (void) self;
   /* Only the forking thread exists in the child: no lock can be taken
    * safely, and none is needed. */
   for (node = registry.next; node != &registry; node = node->next) {
