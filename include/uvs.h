@@ -187,6 +187,10 @@ typedef void (*uvs_shutdown_request_cb)(uvs_server_t* server,
                                         const uvs_address_t* peer);
 /* uvs_server_close finished; `server` is freed when this returns. */
 typedef void (*uvs_server_close_cb)(uvs_server_t* server);
+/* uvs_server_drain finished: `status` is 0 when every connection ended
+ * by itself before the deadline, UV_ETIMEDOUT when some had to be closed
+ * at the deadline, UV_ECANCELED when uvs_server_close came first. */
+typedef void (*uvs_server_drain_cb)(uvs_server_t* server, int status);
 /* Called by uvs_server_foreach for one connection; `conn` is valid until
  * it returns. It must not block or wait for the loop. */
 typedef void (*uvs_foreach_cb)(uvs_conn_t* conn, void* arg);
@@ -250,6 +254,41 @@ typedef struct uvs_config_s {
   /* Size of the server's one read buffer that every connection reads
    * into (an idle connection holds none). Default 65536. */
   size_t read_buffer_size;
+  /* After accept (or a datagram receive) fails for lack of descriptors
+   * or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), accepting pauses this
+   * long instead of spinning the loop, and the failure is reported to
+   * handle_error once per burst. Milliseconds, default 1000 (as Netty and
+   * asyncio). Must be above 0. */
+  uint64_t accept_retry_ms;
+
+  /* ---- Limits and timeouts (stream connections) ---- */
+  /* Most connections open at once (forking mode: children alive at once,
+   * on top of max_children). A connection past it is accepted and closed
+   * at once: its client sees EOF at once instead of waiting in the
+   * backlog, and it is counted in uvs_stats_t.rejected_limit; open
+   * connections are unaffected. Default 0: no limit. Ignored by datagram
+   * servers. */
+  unsigned max_connections;
+  /* At max_connections, stop accepting instead (connections wait in the
+   * backlog until one closes), as max_children does. Default 0. */
+  int max_connections_pause;
+  /* A connection with no byte received or sent for this long is closed
+   * gracefully; on_close (and, in the blocking modes, the handler's
+   * request I/O) sees UV_ETIMEDOUT. Milliseconds, default 0: none. */
+  uint64_t idle_timeout_ms;
+  /* A request that arrives too slowly (slowloris) closes its connection
+   * with UV_ETIMEDOUT. Blocking modes: each read call (uvs_recv,
+   * uvs_read_exact, uvs_readline) must complete within it however the
+   * bytes trickle in. Event mode: it runs while the handler has marked a
+   * request incomplete with uvs_conn_request_pending. Milliseconds,
+   * default 0: none. */
+  uint64_t read_timeout_ms;
+  /* A peer that does not read: while output waits, the socket must take
+   * some of it within this long, else the connection is reset with
+   * UV_ETIMEDOUT. A slow peer that keeps reading is not cut off.
+   * Milliseconds, default 0: none (max_write_queue and close_timeout_ms
+   * still bound memory and closing). */
+  uint64_t write_timeout_ms;
   /* socketserver's overridable methods. Default: all NULL. */
   uvs_hooks_t hooks;
 
@@ -366,6 +405,31 @@ typedef struct uvs_handler_s {
    * datagram is discarded. */
   uvs_datagram_cb on_datagram;
 } uvs_handler_t;
+
+
+/* What a server has done, for uvs_server_stats. Counters only grow,
+ * from uvs_server_new on, except the two gauges `active` and
+ * `children`. In forking mode the bytes, handler errors and timeouts of
+ * the children are theirs: the parent counts what it sees (connections
+ * accepted, children that crashed or exited badly). */
+typedef struct uvs_stats_s {
+  uint64_t accepted;           /* connections accepted; datagrams received */
+  uint64_t active;             /* open connections (connection_count) now */
+  uint64_t children;           /* forking mode: children alive now */
+  uint64_t rejected_verify;    /* refused by the verify_request hook */
+  uint64_t rejected_limit;     /* closed at once past max_connections */
+  uint64_t bytes_in;           /* bytes received (datagram payloads too) */
+  uint64_t bytes_out;          /* bytes the socket took */
+  uint64_t handler_errors;     /* errors handle_error reported for requests:
+                                * a handler step's, a child's bad end */
+  uint64_t conn_errors;        /* connections ended by a network error (a
+                                * reset, a failed send) */
+  uint64_t timeouts;           /* connections closed by the idle, read or
+                                * write timeout */
+  uint64_t accept_errors;      /* accept or receive failures (EMFILE, ...) */
+  uint64_t datagrams_oversize; /* dropped: over max_packet_size */
+  uint64_t datagrams_dropped;  /* replies dropped: queue full, peer gone */
+} uvs_stats_t;
 
 
 /* ---- Library --------------------------------------------------------- */
@@ -522,7 +586,31 @@ UVS_EXTERN int uvs_server_handle_request(uvs_server_t* server);
 UVS_EXTERN int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb);
 
 
+/** Drains the server, the graceful stop: stops accepting at once (a
+ * stream listener first takes the connections already waiting in its
+ * backlog, then closes, so new clients are refused rather than left
+ * waiting; a datagram server stops receiving and keeps its socket for
+ * replies), and lets open connections, handlers and children go on until
+ * they end by themselves, up to `deadline_ms` milliseconds. At the
+ * deadline every connection left stops being read and is closed
+ * gracefully: output already queued is flushed and the peer's FIN awaited
+ * for at most config->close_linger_ms more; then what is left is reset
+ * (children get SIGTERM at the deadline and SIGKILL after that grace).
+ * Blocked request I/O returns UV_ECANCELED at the deadline. `cb` runs on
+ * the loop once nothing is left, never before this returns; the server
+ * then only awaits uvs_server_close. Returns 0, UV_EALREADY when a drain
+ * runs or ran, or UV_EINVAL (NULL `cb`, closing). */
+UVS_EXTERN int uvs_server_drain(uvs_server_t* server,
+                                uint64_t deadline_ms,
+                                uvs_server_drain_cb cb);
+
+
 /* ---- Server: properties ---------------------------------------------- */
+
+/** Fills `stats` with the server's counters (see uvs_stats_t). Returns 0
+ * or UV_EINVAL. Each counter is read atomically, the set is not a single
+ * snapshot. Threads: any, until uvs_server_close is called. */
+UVS_EXTERN int uvs_server_stats(const uvs_server_t* server, uvs_stats_t* stats);
 
 /** Formats the bound address (the real port after binding port 0) as a
  * URI into `buf` of `*size` bytes, as uvs_address_format. Returns 0,
@@ -678,6 +766,14 @@ UVS_EXTERN int uvs_conn_read_stop(uvs_conn_t* conn);
 /** Resumes reading after uvs_conn_read_stop. Returns 0, UV_EPIPE when
  * the connection is closing, or UV_ENOTSUP outside event mode. */
 UVS_EXTERN int uvs_conn_read_start(uvs_conn_t* conn);
+
+/** Event mode: marks whether the handler holds part of a request and
+ * waits for the rest (`pending` nonzero) or not (0). While a request is
+ * pending, config->read_timeout_ms runs from the moment it was marked,
+ * and a request still pending when it runs out closes the connection
+ * with UV_ETIMEDOUT (slowloris). Returns 0, UV_EPIPE when closing, or
+ * UV_ENOTSUP outside event mode (read calls are timed there). */
+UVS_EXTERN int uvs_conn_request_pending(uvs_conn_t* conn, int pending);
 
 /** Returns the peer's address (socketserver's client_address); borrowed
  * for the connection's life. Threads: any. */

@@ -165,6 +165,7 @@ int uvs__conn_accept(uvs_server_t* server,
   uvs__list_push(&server->conns, &conn->node);
   server->nconns++;
   uv_mutex_unlock(&server->conns_lock);
+  server->nopen++;
   *id = conn->id;
 
   if (mode == UVS_MODE_SYNC) {
@@ -187,6 +188,7 @@ int uvs__conn_accept(uvs_server_t* server,
     uvs__conn_close_now(conn, UV_ECANCELED);
     return r;
   }
+  uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
 
   conn->opened = true;
   if (mode == UVS_MODE_THREADING) {
@@ -211,6 +213,23 @@ int uvs__conn_accept(uvs_server_t* server,
 }
 
 
+/* The connection starts to close: it no longer counts against
+ * max_connections (a server-side close that lingers for the peer's FIN
+ * is over for the client), and a listener paused at the limit may
+ * resume. */
+static void set_closing(uvs_conn_t* conn) {
+  uvs_server_t* server = conn->server;
+  if (conn->closing)
+    return;
+  conn->closing = true;
+  if (conn->dgram)
+    return;
+  server->nopen--;
+  if (server->config.max_connections_pause && !server->closing)
+    uvs__server_update_listener(server);
+}
+
+
 /* The shutdown_request hook runs once per connection, when its close
  * begins, while the descriptor is still open. */
 static void notify_shutdown_request(uvs_conn_t* conn) {
@@ -227,9 +246,15 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
   if (conn->handle_closing)
     return;
   conn->handle_closing = true;
-  conn->closing = true;
+  set_closing(conn);
+  uvs__timeout_clear(conn);
   if (conn->status == 0)
     conn->status = status;
+  /* A network error (a reset, a failed send), not uvs's own reasons. */
+  if (status < 0 && status != UV_ECANCELED && status != UV_ETIMEDOUT &&
+      status != UV_ENOBUFS && status != UV_ENOMEM) {
+    uvs__stat_add(&server->stats.conn_errors, 1);
+  }
   /* A handler blocked in request I/O returns at once. */
   if (conn->io != NULL && server->config.mode == UVS_MODE_THREADING)
     uvs__reqio_cancel(conn, status < 0 ? status : UV_ECANCELED);
@@ -433,9 +458,11 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   uvs_server_t* server = conn->server;
 
   if (nread > 0) {
+    uvs__stat_loop_add(&server->stats.bytes_in, (uint64_t) nread);
     /* While closing, input is read only to see the peer's FIN. */
     if (conn->closing)
       return;
+    uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
     if (conn->io != NULL) {
       on_thread_data(conn, buf->base, (size_t) nread);
       return;
@@ -462,9 +489,33 @@ int uvs_conn_read_stop(uvs_conn_t* conn) {
   if (conn->io != NULL)
     return UV_ENOTSUP;
   conn->read_paused = true;
+  /* A peer is not slow while we do not read it. */
+  uvs__timeout_disarm(conn, UVS__TIMEOUT_READ);
   /* A closing connection keeps reading to see the FIN. */
   if (!conn->closing)
     uv_read_stop(&conn->h.stream);
+  return 0;
+}
+
+
+int uvs_conn_request_pending(uvs_conn_t* conn, int pending) {
+  if (conn == NULL)
+    return UV_EINVAL;
+  if (conn->io != NULL)
+    return UV_ENOTSUP;
+  if (conn->closing)
+    return UV_EPIPE;
+  if (!pending) {
+    conn->request_pending = false;
+    uvs__timeout_disarm(conn, UVS__TIMEOUT_READ);
+    return 0;
+  }
+  /* The clock runs from the first mark, not from the latest. */
+  if (!conn->request_pending) {
+    conn->request_pending = true;
+    if (!conn->read_paused)
+      uvs__timeout_arm(conn, UVS__TIMEOUT_READ);
+  }
   return 0;
 }
 
@@ -479,6 +530,8 @@ int uvs_conn_read_start(uvs_conn_t* conn) {
   conn->read_paused = false;
   if (conn->eof)
     return 0;
+  if (conn->request_pending)
+    uvs__timeout_arm(conn, UVS__TIMEOUT_READ);
   return uv_read_start(&conn->h.stream, on_alloc, on_read);
 }
 
@@ -524,6 +577,8 @@ static int queue_write(uvs_conn_t* conn,
       uvs__free(w);
       return r;
     }
+    if (conn->write_queued == 0)
+      uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
     conn->write_queued += piece;
     data += piece;
     len -= piece;
@@ -546,6 +601,11 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
   n = uv_try_write(&conn->h.stream, &buf, 1);
   if (n == UV_EAGAIN)
     return 0;
+  if (n > 0) {
+    uvs__stat_loop_add(&conn->server->stats.bytes_out, (uint64_t) n);
+    if (!conn->closing)
+      uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
+  }
   return n;
 }
 
@@ -667,6 +727,8 @@ static void on_write(uv_write_t* req, int status) {
     w->free_cb(w->free_data, w->free_arg);
     uvs__callback_depth--;
   }
+  if (status == 0)
+    uvs__stat_loop_add(&server->stats.bytes_out, w->len);
   uvs__free(w);
   if (status == UV_ECANCELED)
     return;
@@ -674,6 +736,13 @@ static void on_write(uv_write_t* req, int status) {
     uvs__conn_close_now(conn, status);
     return;
   }
+  /* Progress: the peer reads. */
+  if (conn->write_queued > 0)
+    uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
+  else
+    uvs__timeout_disarm(conn, UVS__TIMEOUT_WRITE);
+  if (!conn->closing)
+    uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
   if (conn->write_queued == 0 && !conn->closing &&
       server->handler.on_drain != NULL) {
     uvs__callback_depth++;
@@ -734,7 +803,11 @@ static void close_graceful(uvs_conn_t* conn) {
 
   if (conn->closing)
     return;
-  conn->closing = true;
+  set_closing(conn);
+  /* Closing has its own bounds: close_timeout_ms, close_linger_ms and the
+   * write timeout. */
+  uvs__timeout_disarm(conn, UVS__TIMEOUT_IDLE);
+  uvs__timeout_disarm(conn, UVS__TIMEOUT_READ);
   notify_shutdown_request(conn);
   /* Keep reading (and discarding) so the peer's FIN is seen, also when
    * reading was paused for backpressure (by the handler in event mode, by
@@ -804,6 +877,55 @@ static void abort_now(uvs_conn_t* conn) {
     return;
   set_reset_on_close(conn);
   uvs__conn_close_now(conn, 0);
+}
+
+
+/* ---- Timeouts and drain --------------------------------------------- */
+
+void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
+  uvs_server_t* server = conn->server;
+
+  if (conn->handle_closing)
+    return;
+  uvs__stat_add(&server->stats.timeouts, 1);
+  if (kind == UVS__TIMEOUT_WRITE) {
+    /* Output cannot leave: flushing would wait forever. */
+    set_reset_on_close(conn);
+    uvs__conn_close_now(conn, UV_ETIMEDOUT);
+    return;
+  }
+  if (conn->status == 0)
+    conn->status = UV_ETIMEDOUT;
+  if (conn->io != NULL) {
+    /* The handler's request I/O fails with the timeout from now on. */
+    uv_mutex_lock(&conn->io->lock);
+    if (conn->io->error == 0)
+      conn->io->error = UV_ETIMEDOUT;
+    uv_cond_signal(&conn->io->cond);
+    uv_mutex_unlock(&conn->io->lock);
+  }
+  close_graceful(conn);
+}
+
+
+void uvs__conn_drain_close(uvs_conn_t* conn, bool abort) {
+  if (conn->handle_closing)
+    return;
+  if (conn->status == 0)
+    conn->status = UV_ECANCELED;
+  if (abort) {
+    if (!conn->dgram)
+      set_reset_on_close(conn);
+    uvs__conn_close_now(conn, UV_ECANCELED);
+    return;
+  }
+  /* Threading: the handler's request I/O fails with UV_ECANCELED, its
+   * finish runs and its output is flushed. */
+  if (conn->io != NULL && conn->io->threaded) {
+    uvs__reqio_close_any(conn, false);
+    return;
+  }
+  close_graceful(conn);
 }
 
 

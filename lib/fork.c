@@ -277,9 +277,15 @@ static void child_ended(uvs_server_t* server,
     uvs__server_request_stop(server);
   else if (WIFEXITED(st) && WEXITSTATUS(st) > 2)
     err = UVS_ECHILD_EXIT(WEXITSTATUS(st));
-  /* Children killed by the close itself are not errors of theirs. */
-  if (err != 0 && !server->children_killed)
+  /* Children signalled by the close or a drain's deadline are not errors
+   * of theirs. A child's exit status 1 is a handler error the child
+   * reported itself. */
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
+    uvs__stat_add(&server->stats.handler_errors, 1);
+  if (err != 0 && !server->children_killed && !server->drain_final) {
+    uvs__stat_add(&server->stats.handler_errors, 1);
     uvs__server_error(server, NULL, &child->peer, err);
+  }
 }
 
 
@@ -429,6 +435,13 @@ void uvs__fork_close(uvs_server_t* server) {
     reap(server, true);
   }
   close_handles(server);
+}
+
+
+void uvs__fork_signal_all(uvs_server_t* server, int signum) {
+  unsigned i;
+  for (i = 0; i < server->nchildren; i++)
+    kill(server->children[i].pid, signum);
 }
 
 

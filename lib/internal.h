@@ -10,6 +10,7 @@
 #include "uvs.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -216,6 +217,43 @@ size_t uvs__pool_thread_records(uvs__pool_t* pool);
 
 /* ---- server.c -------------------------------------------------------- */
 
+/* The counters behind uvs_server_stats. Relaxed atomics: any thread reads
+ * them. Counters only the loop thread writes (bytes) use
+ * uvs__stat_loop_add, a plain load and store; the others
+ * uvs__stat_add. */
+typedef struct uvs__stats_s {
+  _Atomic uint64_t accepted;
+  _Atomic uint64_t rejected_verify;
+  _Atomic uint64_t rejected_limit;
+  _Atomic uint64_t bytes_in;
+  _Atomic uint64_t bytes_out;
+  _Atomic uint64_t handler_errors;
+  _Atomic uint64_t conn_errors;
+  _Atomic uint64_t timeouts;
+  _Atomic uint64_t accept_errors;
+  _Atomic uint64_t datagrams_oversize;
+  _Atomic uint64_t datagrams_dropped;
+} uvs__stats_t;
+
+static inline void uvs__stat_add(_Atomic uint64_t* counter, uint64_t n) {
+  atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
+
+/* Loop thread only: no read-modify-write needed with one writer. */
+static inline void uvs__stat_loop_add(_Atomic uint64_t* counter, uint64_t n) {
+  atomic_store_explicit(counter,
+                        atomic_load_explicit(counter, memory_order_relaxed) + n,
+                        memory_order_relaxed);
+}
+
+/* The connection timeouts (timeout.c), one queue per kind. */
+enum {
+  UVS__TIMEOUT_IDLE = 0, /* idle_timeout_ms */
+  UVS__TIMEOUT_READ,     /* read_timeout_ms (event mode) */
+  UVS__TIMEOUT_WRITE,    /* write_timeout_ms */
+  UVS__TIMEOUT_KINDS
+};
+
 /* A forked child of a server (fork.c). */
 typedef struct uvs__child_s {
   pid_t pid;
@@ -255,23 +293,21 @@ struct uvs_server_s {
   bool accept_backoff;      /* paused after EMFILE, retry timer running */
   uv_poll_t poll;           /* stream listener, unixgram socket */
   uv_timer_t accept_retry;
-  uint64_t accept_errors;
+  uvs__stats_t stats;
 
   /* Datagrams (listen_dgram.c). */
-  uv_udp_t udp;               /* udp:// */
-  bool udp_inited;            /* the udp handle exists */
-  bool udp_opened;            /* and owns fd */
-  bool dgram_drop_logged;     /* this burst of dropped replies was reported */
-  bool in_batch;              /* inside a recvmmsg batch's callbacks */
-  bool sync_served;           /* sync UDP: a request was served this batch */
-  bool sync_paused;           /* sync UDP: receiving waits a loop iteration */
-  uvs__list_t dgram_queue;    /* unixgram replies the socket refused */
-  size_t dgram_queue_bytes;   /* their bytes */
-  unsigned dgram_queue_len;   /* their number */
-  uv_timer_t dgram_retry;     /* retries them */
-  uint64_t dgram_retry_ms;    /* its current interval */
-  uint64_t dgram_oversize;    /* datagrams dropped over max_packet_size */
-  uint64_t dgram_reply_drops; /* replies dropped: full queue, gone peer */
+  uv_udp_t udp;             /* udp:// */
+  bool udp_inited;          /* the udp handle exists */
+  bool udp_opened;          /* and owns fd */
+  bool dgram_drop_logged;   /* this burst of dropped replies was reported */
+  bool in_batch;            /* inside a recvmmsg batch's callbacks */
+  bool sync_served;         /* sync UDP: a request was served this batch */
+  bool sync_paused;         /* sync UDP: receiving waits a loop iteration */
+  uvs__list_t dgram_queue;  /* unixgram replies the socket refused */
+  size_t dgram_queue_bytes; /* their bytes */
+  unsigned dgram_queue_len; /* their number */
+  uv_timer_t dgram_retry;   /* retries them */
+  uint64_t dgram_retry_ms;  /* its current interval */
 
   /* Connections (conn.c). `conns_lock` guards the list and the count for
    * uvs_server_foreach from other threads; the loop thread alone changes
@@ -279,8 +315,26 @@ struct uvs_server_s {
   uv_mutex_t conns_lock;
   uvs__list_t conns;
   size_t nconns;
+  size_t nopen; /* stream connections not closing yet (max_connections) */
   uint64_t next_conn_id;
   char* read_buf; /* the one buffer every connection reads into */
+
+  /* Timeouts (timeout.c): per kind a queue of connections in deadline
+   * order (every deadline of a kind is now + the same duration, so
+   * appending keeps the order) and one timer for the earliest. */
+  uvs__list_t timeouts[UVS__TIMEOUT_KINDS];
+  uint64_t timeout_ms[UVS__TIMEOUT_KINDS]; /* 0: that kind is off */
+  uv_timer_t timeout_timer;
+  uint64_t timeout_due; /* when it fires (loop ms); 0: stopped */
+
+  /* Drain (drain.c). */
+  bool draining;    /* uvs_server_drain was called */
+  bool drain_final; /* the deadline passed: closing what is left */
+  bool drain_done;  /* its callback ran or is due */
+  int drain_status; /* for the callback */
+  uvs_server_drain_cb drain_cb;
+  uv_timer_t drain_timer;     /* the deadline, then the final grace */
+  uint64_t drain_deadline_ns; /* uv_hrtime() of the deadline, for sync I/O */
 
   /* serve_forever / shutdown, guarded by `lock`. */
   uv_mutex_t lock;
@@ -357,8 +411,13 @@ int uvs__server_update_listener(uvs_server_t* server);
 void uvs__server_close_inherited(uv_os_sock_t keep);
 /* The listener failed for lack of descriptors or memory (or for a reason
  * it cannot tell apart): counted, reported once per burst, and accepting
- * pauses for UVS__ACCEPT_RETRY_MS instead of spinning. */
+ * pauses for config.accept_retry_ms instead of spinning. */
 void uvs__server_listen_error(uvs_server_t* server, int err);
+/* Closes the listener's handles and socket, and the Unix socket file. */
+void uvs__server_close_listener(uvs_server_t* server);
+/* Stream connections open, or children alive in forking mode, are at
+ * config.max_connections. */
+bool uvs__server_at_limit(const uvs_server_t* server);
 /* A shutdown asked the running serve_forever to return. Any thread. */
 bool uvs__server_stop_requested(uvs_server_t* server);
 /* A handler returned UVS_ESTOP: stop serve_forever (or make the running
@@ -380,11 +439,35 @@ int uvs__sock_set_reuse(uvs_server_t* server);
 void uvs__sock_unlink(uvs_server_t* server);
 
 
-/* ---- listen_stream.c ------------------------------------------------- */
+/* ---- timeout.c ------------------------------------------------------- */
 
-/* After accept fails for lack of descriptors or memory, accepting pauses
- * this long (Netty and asyncio use 1 s) instead of spinning. */
-#define UVS__ACCEPT_RETRY_MS 1000
+/* Makes the server's timer (server_new). */
+void uvs__timeout_init(uvs_server_t* server);
+/* Closes it, counted with uvs__server_closing_handle. */
+void uvs__timeout_close(uvs_server_t* server);
+/* (Re)starts the connection's timeout of `kind`: it fires its duration
+ * from now unless re-armed or disarmed first. Loop thread. */
+void uvs__timeout_arm(uvs_conn_t* conn, int kind);
+void uvs__timeout_disarm(uvs_conn_t* conn, int kind);
+/* Disarms every kind. */
+void uvs__timeout_clear(uvs_conn_t* conn);
+
+
+/* ---- drain.c --------------------------------------------------------- */
+
+/* Makes the drain timer (server_new). */
+void uvs__drain_init(uvs_server_t* server);
+/* Something ended (a connection, a child, a queued reply): finishes the
+ * drain once nothing is left. */
+void uvs__drain_check(uvs_server_t* server);
+/* The server closes: a drain under way ends with UV_ECANCELED (its
+ * callback runs from finish_close) and its timer closes. */
+void uvs__drain_close(uvs_server_t* server);
+/* From finish_close: runs a cancelled drain's callback. */
+void uvs__drain_cancelled(uvs_server_t* server);
+
+
+/* ---- listen_stream.c ------------------------------------------------- */
 
 int uvs__listen_stream_activate(uvs_server_t* server);
 /* Watches the listener when server->accepting says so and no backoff or
@@ -393,6 +476,8 @@ int uvs__listen_stream_update(uvs_server_t* server);
 /* Stops watching and closes the socket; the poll handle's close is counted
  * with uvs__server_closing_handle. */
 void uvs__listen_stream_close(uvs_server_t* server);
+/* Drain: takes every connection waiting in the backlog now. */
+void uvs__listen_stream_take_backlog(uvs_server_t* server);
 
 
 /* ---- listen_dgram.c -------------------------------------------------- */
@@ -444,6 +529,8 @@ bool uvs__fork_full(const uvs_server_t* server);
 /* At server close: waits for, kills or hands off the children, and closes
  * the handles (counted with uvs__server_closing_handle). */
 void uvs__fork_close(uvs_server_t* server);
+/* Sends `signum` to every child alive (drain). */
+void uvs__fork_signal_all(uvs_server_t* server, int signum);
 void uvs__fork_free(uvs_server_t* server);
 
 
@@ -494,6 +581,10 @@ typedef struct uvs__io_s {
   size_t wbufsize;
   size_t max_reply; /* a datagram request's reply cap: max_packet_size */
   bool dgram;       /* a datagram request */
+  uint64_t read_timeout_ms;  /* 0: none */
+  uint64_t write_timeout_ms; /* 0: none (threading: the loop times it) */
+  uint64_t idle_timeout_ms;  /* 0: none (threading: the loop times it) */
+  uint64_t last_io_ns;       /* sync and forked: uv_hrtime of the last byte */
   /* Handler thread only. */
   int64_t timeout_ms;
   char* wbuf;
@@ -512,6 +603,12 @@ struct uvs_conn_s {
   uvs__io_t* io; /* blocking modes */
   uvs_address_t peer;
   uint64_t id;
+  /* Timeouts (timeout.c): a node on the server's queue of each kind
+   * (next == NULL: not armed) and its deadline in loop milliseconds. */
+  struct {
+    uvs__list_t node;
+    uint64_t due;
+  } timeout[UVS__TIMEOUT_KINDS];
   size_t write_queued; /* bytes in queued uv_write requests */
   uv_shutdown_t shutdown_req;
   uv_timer_t* close_timer;
@@ -529,9 +626,14 @@ struct uvs_conn_s {
   bool shut_done;      /* our FIN is out: everything was sent */
   bool handle_closing; /* uv_close called */
   bool shutdown_notified;
+  bool request_pending; /* uvs_conn_request_pending: read timeout runs */
   bool dgram;  /* a datagram request: no handle, `fd` is the server's */
   bool forked; /* in a forked child: never touches the loop */
 };
+
+static inline bool uvs__timeout_armed(const uvs_conn_t* conn, int kind) {
+  return conn->timeout[kind].node.next != NULL;
+}
 
 /* Adopts accepted socket `fd` from `peer`: allocates the connection, starts
  * reading and runs on_open. On failure closes `fd` and returns the error. */
@@ -565,6 +667,10 @@ void uvs__conn_cancel_job(uvs__list_t* job);
 void uvs__conn_run_job(uvs__list_t* job);
 /* Not closing: uvs_server_foreach visits it. Any thread. */
 bool uvs__conn_is_open(uvs_conn_t* conn);
+/* Its timeout of `kind` ran out (timeout.c): closes it. */
+void uvs__conn_timed_out(uvs_conn_t* conn, int kind);
+/* Drain deadline: stop reading and close gracefully (`abort`: reset). */
+void uvs__conn_drain_close(uvs_conn_t* conn, bool abort);
 
 
 /* ---- reqio.c --------------------------------------------------------- */

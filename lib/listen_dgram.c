@@ -64,6 +64,7 @@ typedef struct {
   uv_udp_send_t req;
   uvs_server_t* server;
   uvs_address_t peer;
+  size_t len;
   char data[];
 } udp_send_t;
 
@@ -126,7 +127,7 @@ int uvs__listen_dgram_update(uvs_server_t* server) {
    * past the limit they wait in the socket's buffer (and the kernel drops
    * what does not fit, as for any slow UDP reader). */
   bool want = server->accepting && server->listening && !server->closing &&
-              !server->accept_backoff &&
+              !server->draining && !server->accept_backoff &&
               !(server->one_shot && server->one_shot_taken) &&
               server->nconns < UVS__DGRAM_REQUESTS_MAX &&
               !uvs__fork_full(server) && !server->sync_paused &&
@@ -166,6 +167,7 @@ static void drop_pending(uvs_server_t* server, pending_t* p) {
   server->dgram_queue_len--;
   server->dgram_queue_bytes -= p->len;
   uvs__free(p);
+  uvs__drain_check(server);
 }
 
 
@@ -232,8 +234,10 @@ static void take_datagram(uvs_server_t* server,
     return;
   server->accept_error_logged = false;
   uvs__addr_peer(&peer, transport, sa, salen);
+  uvs__stat_add(&server->stats.accepted, 1);
+  uvs__stat_loop_add(&server->stats.bytes_in, len);
   if (oversize || len > server->config.max_packet_size) {
-    server->dgram_oversize++;
+    uvs__stat_add(&server->stats.datagrams_oversize, 1);
     uvs__server_error(server, NULL, &peer, UV_EMSGSIZE);
     return;
   }
@@ -426,6 +430,7 @@ static int unix_sendto(uvs_server_t* server,
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return UVS__ERR(errno);
+  uvs__stat_loop_add(&server->stats.bytes_out, len);
   return 0;
 }
 
@@ -476,7 +481,7 @@ static int unix_send(uvs_server_t* server,
 static void reply_dropped(uvs_server_t* server,
                           const uvs_address_t* peer,
                           int err) {
-  server->dgram_reply_drops++;
+  uvs__stat_add(&server->stats.datagrams_dropped, 1);
   if (!server->dgram_drop_logged) {
     server->dgram_drop_logged = true;
     uvs__server_error(server, NULL, peer, err);
@@ -526,7 +531,7 @@ static void on_retry(uv_timer_t* handle) {
     if (r == 0)
       server->dgram_drop_logged = false;
     else if (peer_gone(r))
-      server->dgram_reply_drops++;
+      uvs__stat_add(&server->stats.datagrams_dropped, 1);
     else
       reply_dropped(server, &p->peer, r);
     drop_pending(server, p);
@@ -553,8 +558,10 @@ static int udp_send(uvs_server_t* server,
   int r;
 
   r = uv_udp_try_send(&server->udp, &buf, 1, &peer->u.sa);
-  if (r >= 0)
+  if (r >= 0) {
+    uvs__stat_loop_add(&server->stats.bytes_out, len);
     return 0;
+  }
   if (r != UV_EAGAIN)
     return r;
   if (uv_udp_get_send_queue_size(&server->udp) + len >
@@ -566,6 +573,7 @@ static int udp_send(uvs_server_t* server,
     return UV_ENOMEM;
   s->server = server;
   s->peer = *peer;
+  s->len = len;
   memcpy(s->data, data, len);
   buf = uv_buf_init(s->data, (unsigned int) len);
   r = uv_udp_send(&s->req, &server->udp, &buf, 1, &peer->u.sa, on_udp_sent);
@@ -578,10 +586,12 @@ static int udp_send(uvs_server_t* server,
 static void on_udp_sent(uv_udp_send_t* req, int status) {
   udp_send_t* s = container_of(req, udp_send_t, req);
   uvs_server_t* server = s->server;
-  if (status < 0 && status != UV_ECANCELED)
+  if (status < 0 && status != UV_ECANCELED) {
     reply_dropped(server, &s->peer, status);
-  else if (status == 0)
+  } else if (status == 0) {
     server->dgram_drop_logged = false;
+    uvs__stat_loop_add(&server->stats.bytes_out, s->len);
+  }
   uvs__free(s);
 }
 
@@ -655,7 +665,7 @@ void uvs__listen_dgram_reply(uvs_server_t* server,
   if (r == 0)
     return;
   if (!is_udp(server) && peer_gone(r))
-    server->dgram_reply_drops++;
+    uvs__stat_add(&server->stats.datagrams_dropped, 1);
   else
     reply_dropped(server, peer, r);
 }

@@ -13,8 +13,14 @@
  * accepting, the socket listens, no back-off or one-shot limit holds, and
  * the server is not closing (uvs__listen_stream_update). Accept errors never
  * spin the loop: transient ones (the peer gave up) are skipped; running out
- * of descriptors or memory pauses accepting for UVS__ACCEPT_RETRY_MS and is
- * reported once per burst.
+ * of descriptors or memory pauses accepting for config.accept_retry_ms and
+ * is reported once per burst.
+ *
+ * Admission control comes before any allocation: past max_connections a
+ * connection is closed at once (or, with max_connections_pause, accepting
+ * pauses), and verify_request runs next. A refused client sees our FIN at
+ * once; its unread input is drained first, so the close does not turn
+ * into a reset that would hide the FIN.
  */
 #include "internal.h"
 
@@ -40,10 +46,12 @@ int uvs__listen_stream_activate(uvs_server_t* server) {
 
 
 int uvs__listen_stream_update(uvs_server_t* server) {
-  bool want = server->accepting && server->listening && server->poll_inited &&
-              !server->closing && !server->accept_backoff &&
-              !(server->one_shot && server->one_shot_taken) &&
-              !uvs__fork_full(server);
+  bool want =
+      server->accepting && server->listening && server->poll_inited &&
+      !server->closing && !server->accept_backoff &&
+      !(server->one_shot && server->one_shot_taken) &&
+      !uvs__fork_full(server) &&
+      !(server->config.max_connections_pause && uvs__server_at_limit(server));
   int r;
 
   if (want == server->poll_active)
@@ -106,6 +114,24 @@ static bool is_transient(int err) {
 }
 
 
+/* Refuses an accepted connection: the client sees EOF at once
+ * (bpo-26309). Input it sent already is read and dropped (a few reads at
+ * most), since closing over unread input sends a reset instead. */
+static void refuse(uvs_server_t* server, int fd, const uvs_address_t* peer) {
+  int i;
+
+  uvs__server_shutdown_request(server, fd, peer);
+  shutdown(fd, SHUT_WR);
+  for (i = 0; i < 4; i++) {
+    if (recv(fd, server->read_buf, server->config.read_buffer_size, 0) <= 0)
+      break;
+  }
+  close(fd);
+  if (server->one_shot)
+    server->one_shot_done = true;
+}
+
+
 static void take_connection(uvs_server_t* server,
                             int fd,
                             const struct sockaddr* sa,
@@ -115,19 +141,21 @@ static void take_connection(uvs_server_t* server,
   int r;
 
   uvs__addr_peer(&peer, server->address.transport, sa, len);
+  uvs__stat_add(&server->stats.accepted, 1);
   if (server->one_shot) {
     server->one_shot_taken = true;
     uvs__listen_stream_update(server);
   }
 
-  /* verify_request before any allocation: a flood of rejected clients
-   * costs no memory. A rejected client sees EOF at once (bpo-26309). */
+  /* The limit and verify_request before any allocation: a flood of
+   * refused clients costs no memory. */
+  if (uvs__server_at_limit(server) && !server->closing) {
+    uvs__stat_add(&server->stats.rejected_limit, 1);
+    refuse(server, fd, &peer);
+    return;
+  }
   if (!uvs__server_verify_request(server, &peer) || server->closing) {
-    uvs__server_shutdown_request(server, fd, &peer);
-    shutdown(fd, SHUT_WR);
-    close(fd);
-    if (server->one_shot)
-      server->one_shot_done = true;
+    refuse(server, fd, &peer);
     return;
   }
 
@@ -147,6 +175,7 @@ static void take_connection(uvs_server_t* server,
   }
   r = uvs__conn_accept(server, fd, &peer, &id);
   if (r != 0) {
+    uvs__stat_add(&server->stats.accept_errors, 1);
     uvs__server_error(server, NULL, &peer, r);
     if (server->one_shot)
       server->one_shot_done = true;
@@ -157,16 +186,13 @@ static void take_connection(uvs_server_t* server,
 }
 
 
-static void on_readable(uv_poll_t* handle, int status, int events) {
-  uvs_server_t* server = container_of(handle, uvs_server_t, poll);
+/* Accepts up to `max` connections: while the listener is watched, or
+ * regardless for a drain (which then closes the listener). */
+static void accept_some(uvs_server_t* server, unsigned max, bool drain) {
   bool sync = server->config.mode == UVS_MODE_SYNC;
   unsigned i;
 
-  if (status < 0) {
-    uvs__server_listen_error(server, status);
-    return;
-  }
-  for (i = 0; i < server->config.accept_batch && server->poll_active; i++) {
+  for (i = 0; i < max && (drain || server->poll_active); i++) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     int fd;
@@ -193,7 +219,31 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
     take_connection(server, fd, (struct sockaddr*) &ss, len);
     /* Sync mode serves one request per wake-up, so the loop sees signals,
      * timers and shutdowns between requests. */
-    if (sync)
+    if (sync && !drain)
       break;
   }
+}
+
+
+static void on_readable(uv_poll_t* handle, int status, int events) {
+  uvs_server_t* server = container_of(handle, uvs_server_t, poll);
+
+  if (status < 0) {
+    uvs__server_listen_error(server, status);
+    return;
+  }
+  accept_some(server, server->config.accept_batch, false);
+}
+
+
+void uvs__listen_stream_take_backlog(uvs_server_t* server) {
+  /* The backlog holds at most request_queue_size connections (the kernel
+   * may allow one more); past the limit they are refused, not served. */
+  unsigned max = (unsigned) server->config.request_queue_size + 1;
+  /* Sync mode would serve each of them to its end inside this call. */
+  if (server->fd < 0 || !server->listening || server->one_shot ||
+      server->config.mode == UVS_MODE_SYNC) {
+    return;
+  }
+  accept_some(server, max, true);
 }

@@ -18,9 +18,15 @@
  *   descriptor itself, waiting in poll(2); reads go through the input queue
  *   too, so readline may read past a line without losing bytes.
  *
- * Every wait has a deadline from the request timeout; the end of a
- * connection is sticky in io->error (UV_ECANCELED when the server or
- * uvs_conn_close ended it: returned at once, even with input queued).
+ * Every wait has a deadline from the request timeout, which fails the call
+ * only, and from the connection timeouts, which end the connection: a
+ * read call must finish within read_timeout_ms; in sync mode and in a
+ * forked child, where no loop watches the socket, a wait also ends at
+ * idle_timeout_ms after the last byte either way, a send at
+ * write_timeout_ms without progress, and (sync) a wait still blocked at a
+ * drain's deadline with UV_ECANCELED. The end of a connection is sticky in
+ * io->error (UV_ECANCELED when the server or uvs_conn_close ended it:
+ * returned at once, even with input queued).
  *
  * A datagram request (DatagramRequestHandler) is the same with its whole
  * input queued up front and EOF after it, so reading never waits; writes
@@ -75,6 +81,13 @@ int uvs__reqio_new(uvs_conn_t* conn) {
   io->wbufsize = server->config.wbufsize;
   io->max_reply = server->config.max_packet_size;
   io->timeout_ms = server->config.request_timeout_ms;
+  io->read_timeout_ms = server->config.read_timeout_ms;
+  if (!io->threaded) {
+    /* In threading mode the loop times these (timeout.c). */
+    io->idle_timeout_ms = server->config.idle_timeout_ms;
+    io->write_timeout_ms = server->config.write_timeout_ms;
+    io->last_io_ns = uv_hrtime();
+  }
   conn->io = io;
   return 0;
 }
@@ -116,6 +129,7 @@ int uvs__reqio_run(uvs_conn_t* conn) {
   bool stop = false;
   bool orphaned;
   bool cancelled;
+  bool timed_out;
   int err = 0;
   int r;
 
@@ -145,6 +159,7 @@ int uvs__reqio_run(uvs_conn_t* conn) {
   uv_mutex_lock(&io->lock);
   orphaned = io->orphaned;
   cancelled = io->error == UV_ECANCELED;
+  timed_out = io->error == UV_ETIMEDOUT;
   uv_mutex_unlock(&io->lock);
   if (orphaned)
     return 0;
@@ -154,8 +169,15 @@ int uvs__reqio_run(uvs_conn_t* conn) {
    * forked child reports its stop through its exit status (fork.c). */
   if (err == UV_ECANCELED && cancelled)
     err = 0;
-  if (err != 0)
+  /* Nor the UV_ETIMEDOUT of a connection timeout (idle, read, write),
+   * counted in the stats instead; a request_timeout_ms expiry, which
+   * fails only the call, is the handler's error, as in Python. */
+  if (err == UV_ETIMEDOUT && timed_out)
+    err = 0;
+  if (err != 0) {
+    uvs__stat_add(&server->stats.handler_errors, 1);
     uvs__server_error(server, conn, &conn->peer, err);
+  }
   if (stop && !conn->forked)
     uvs__server_request_stop(server);
   return stop ? UVS_ESTOP : err;
@@ -175,15 +197,59 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
 
 /* ---- Waiting --------------------------------------------------------- */
 
+/* `ms` from `from` (uv_hrtime), or NO_DEADLINE when too far to add. */
+static uint64_t after_ms(uint64_t from, uint64_t ms) {
+  if (ms > (NO_DEADLINE - 1 - from) / 1000000)
+    return NO_DEADLINE;
+  return from + ms * 1000000;
+}
+
+
 static uint64_t deadline_of(const uvs__io_t* io) {
-  uint64_t now;
   if (io->timeout_ms < 0)
     return NO_DEADLINE;
-  /* A timeout too long to add to the clock is no timeout. */
-  now = uv_hrtime();
-  if ((uint64_t) io->timeout_ms > (NO_DEADLINE - 1 - now) / 1000000)
-    return NO_DEADLINE;
-  return now + (uint64_t) io->timeout_ms * 1000000;
+  return after_ms(uv_hrtime(), (uint64_t) io->timeout_ms);
+}
+
+
+/* A read call's deadline: the request timeout's (the call fails), or the
+ * read timeout's when earlier (the connection ends: `closes`). */
+typedef struct {
+  uint64_t at;
+  bool closes;
+} deadline_t;
+
+static deadline_t read_deadline(const uvs__io_t* io) {
+  deadline_t d;
+  d.at = deadline_of(io);
+  d.closes = false;
+  if (io->read_timeout_ms > 0) {
+    uint64_t at = after_ms(uv_hrtime(), io->read_timeout_ms);
+    if (at <= d.at) {
+      d.at = at;
+      d.closes = true;
+    }
+  }
+  return d;
+}
+
+
+/* A connection timeout ran out in request I/O: the connection ends with
+ * UV_ETIMEDOUT (threading: the loop closes it; otherwise after finish,
+ * with a reset for a peer that stopped reading). Threading: lock held. */
+static int end_timed_out(uvs_conn_t* conn, bool reset) {
+  uvs__io_t* io = conn->io;
+  if (io->error != 0)
+    return io->error;
+  io->error = UV_ETIMEDOUT;
+  uvs__stat_add(&conn->server->stats.timeouts, 1);
+  if (reset)
+    io->want_abort = true;
+  if (io->threaded && !io->orphaned && !io->dgram) {
+    io->want_close = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  }
+  return UV_ETIMEDOUT;
 }
 
 
@@ -233,21 +299,46 @@ static int fd_wait(int fd, short events, uint64_t deadline) {
 
 /* Sync, after recv or send failed with `errno`: returns 0 to try again
  * (interrupted, or ready for `events` within the deadline), UV_ETIMEDOUT,
- * or the socket's error, which also ends the connection. */
-static int fd_again(uvs_conn_t* conn, short events, uint64_t deadline) {
+ * or the socket's error, which also ends the connection. The wait ends at
+ * `d`, or earlier at the idle timeout or a drain's deadline, which end
+ * the connection. */
+static int fd_again(uvs_conn_t* conn, short events, deadline_t d) {
+  uvs__io_t* io = conn->io;
+  uint64_t idle_at = NO_DEADLINE;
+  uint64_t drain_at = NO_DEADLINE;
+  uint64_t at = d.at;
+  int r;
+
   if (errno == EINTR)
     return 0;
   if (errno != EAGAIN && errno != EWOULDBLOCK) {
-    conn->io->error = UVS__ERR(errno);
-    return conn->io->error;
+    io->error = UVS__ERR(errno);
+    return io->error;
   }
-  return fd_wait(conn->fd, events, deadline);
+  if (io->idle_timeout_ms > 0)
+    idle_at = after_ms(io->last_io_ns, io->idle_timeout_ms);
+  if (conn->server->draining && !conn->forked)
+    drain_at = conn->server->drain_deadline_ns;
+  if (idle_at < at)
+    at = idle_at;
+  if (drain_at < at)
+    at = drain_at;
+  r = fd_wait(conn->fd, events, at);
+  if (r != UV_ETIMEDOUT)
+    return r;
+  if (at == drain_at) {
+    io->error = UV_ECANCELED;
+    return UV_ECANCELED;
+  }
+  if (at == idle_at || d.closes)
+    return end_timed_out(conn, events == POLLOUT && at != idle_at);
+  return UV_ETIMEDOUT;
 }
 
 
 /* Sync: one recv into the queue. Returns 0 (bytes or EOF arrived) or an
  * error, which also becomes the connection's end. */
-static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
+static int fd_fill(uvs_conn_t* conn, deadline_t deadline) {
   uvs__io_t* io = conn->io;
   /* The loop is blocked in this handler: its read buffer is free. */
   char* buf = conn->server->read_buf;
@@ -256,7 +347,10 @@ static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
   for (;;) {
     ssize_t n = recv(conn->fd, buf, size, 0);
     int r;
+    if (n >= 0)
+      io->last_io_ns = uv_hrtime();
     if (n > 0) {
+      uvs__stat_loop_add(&conn->server->stats.bytes_in, (uint64_t) n);
       /* Bytes taken from the socket and not kept would break the stream:
        * the failure ends it, as in threading mode. */
       r = uvs__buf_append(&io->in, buf, (size_t) n);
@@ -277,7 +371,7 @@ static int fd_fill(uvs_conn_t* conn, uint64_t deadline) {
 
 /* Waits until input is queued (1), the peer's EOF is next (0), or an
  * error. Threading: called with the lock held. */
-static int wait_input(uvs_conn_t* conn, uint64_t deadline) {
+static int wait_input(uvs_conn_t* conn, deadline_t deadline) {
   uvs__io_t* io = conn->io;
   for (;;) {
     int r;
@@ -289,7 +383,13 @@ static int wait_input(uvs_conn_t* conn, uint64_t deadline) {
       return 0;
     if (io->error != 0)
       return io->error;
-    r = io->threaded ? cond_wait(io, deadline) : fd_fill(conn, deadline);
+    if (!io->threaded) {
+      r = fd_fill(conn, deadline);
+    } else {
+      r = cond_wait(io, deadline.at);
+      if (r == UV_ETIMEDOUT && deadline.closes)
+        r = end_timed_out(conn, false);
+    }
     if (r != 0)
       return r;
   }
@@ -336,7 +436,7 @@ ssize_t uvs_recv(uvs_conn_t* conn, void* buf, size_t n) {
   if (n > SSIZE_MAX)
     n = SSIZE_MAX;
   lock(io);
-  r = wait_input(conn, deadline_of(io));
+  r = wait_input(conn, read_deadline(io));
   if (r > 0) {
     r = (ssize_t) uvs__buf_read(&io->in, buf, n);
     consumed(conn);
@@ -348,7 +448,7 @@ ssize_t uvs_recv(uvs_conn_t* conn, void* buf, size_t n) {
 
 ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n) {
   uvs__io_t* io;
-  uint64_t deadline;
+  deadline_t deadline;
   size_t done = 0;
   ssize_t r = 0;
 
@@ -357,7 +457,7 @@ ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n) {
   io = conn->io;
   if (io == NULL)
     return UV_ENOTSUP;
-  deadline = deadline_of(io);
+  deadline = read_deadline(io);
   lock(io);
   while (done < n) {
     r = wait_input(conn, deadline);
@@ -375,7 +475,7 @@ ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n) {
 
 ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
   uvs__io_t* io;
-  uint64_t deadline;
+  deadline_t deadline;
   bool newline = false;
   size_t done = 0;
   ssize_t r = 0;
@@ -385,7 +485,7 @@ ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
   io = conn->io;
   if (io == NULL)
     return UV_ENOTSUP;
-  deadline = deadline_of(io);
+  deadline = read_deadline(io);
   lock(io);
   /* Bytes move into the caller's buffer as they arrive, so a long line
    * never grows the queue past its high mark. */
@@ -417,19 +517,32 @@ static int write_error(const uvs__io_t* io) {
 /* Sync: sends everything on the descriptor. */
 static int fd_send(uvs_conn_t* conn, const char* data, size_t len) {
   uvs__io_t* io = conn->io;
-  uint64_t deadline = deadline_of(io);
+  uint64_t call_at = deadline_of(io);
 
   if (io->error != 0)
     return write_error(io);
   while (len > 0) {
     ssize_t n = send(conn->fd, data, len, MSG_NOSIGNAL);
+    deadline_t d;
     int r;
     if (n >= 0) {
+      io->last_io_ns = uv_hrtime();
+      uvs__stat_loop_add(&conn->server->stats.bytes_out, (uint64_t) n);
       data += n;
       len -= (size_t) n;
       continue;
     }
-    r = fd_again(conn, POLLOUT, deadline);
+    /* The write timeout counts from the last progress. */
+    d.at = call_at;
+    d.closes = false;
+    if (io->write_timeout_ms > 0) {
+      uint64_t at = after_ms(io->last_io_ns, io->write_timeout_ms);
+      if (at <= d.at) {
+        d.at = at;
+        d.closes = true;
+      }
+    }
+    r = fd_again(conn, POLLOUT, d);
     if (r != 0)
       return r;
   }

@@ -31,7 +31,6 @@ static void on_service_timer(uv_timer_t* handle);
 static void on_request_timeout(uv_timer_t* handle);
 static void on_handle_closed(uv_handle_t* handle);
 static void close_server_handle(uvs_server_t* server, uv_handle_t* handle);
-static void close_listener(uvs_server_t* server);
 static void finish_close(uvs_server_t* server);
 static void release_mailbox(uvs_server_t* server);
 static void free_server(void* arg);
@@ -90,7 +89,7 @@ static int check_config(const uvs_config_t* config) {
       config->read_buffer_size == 0 || config->timeout_ms < -1 ||
       config->request_timeout_ms < -1 || config->input_high_water == 0 ||
       config->output_high_water == 0 || config->max_packet_size == 0 ||
-      config->max_children == 0) {
+      config->max_children == 0 || config->accept_retry_ms == 0) {
     return UV_EINVAL;
   }
   switch (config->mode) {
@@ -117,6 +116,12 @@ void uvs_config_init(uvs_config_t* config) {
   config->close_linger_ms = 2000;
   config->close_timeout_ms = 30000;
   config->read_buffer_size = 65536;
+  config->accept_retry_ms = 1000;
+  config->max_connections = 0;
+  config->max_connections_pause = 0;
+  config->idle_timeout_ms = 0;
+  config->read_timeout_ms = 0;
+  config->write_timeout_ms = 0;
   config->max_threads = 256;
   config->thread_idle_ms = 10000;
   config->thread_stack_size = 0;
@@ -269,6 +274,8 @@ int uvs_server_new(uv_loop_t* loop,
   uv_handle_set_data((uv_handle_t*) &server->service_timer, server);
   uv_handle_set_data((uv_handle_t*) &server->accept_retry, server);
   uv_handle_set_data((uv_handle_t*) &server->dgram_retry, server);
+  uvs__timeout_init(server);
+  uvs__drain_init(server);
   if (server->dgram) {
     r = uvs__listen_dgram_init(server);
   } else {
@@ -285,11 +292,13 @@ int uvs_server_new(uv_loop_t* loop,
     server->closing = true;
     server->close_sync = server->owned_loop != NULL;
     release_mailbox(server);
-    close_listener(server);
+    uvs__server_close_listener(server);
     uvs__fork_close(server);
     close_server_handle(server, (uv_handle_t*) &server->service_timer);
     close_server_handle(server, (uv_handle_t*) &server->accept_retry);
     close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
+    uvs__timeout_close(server);
+    uvs__drain_close(server);
     if (server->owned_loop != NULL) {
       while (server->pending_closes > 0)
         uv_run(loop, UV_RUN_ONCE);
@@ -338,8 +347,7 @@ int uvs__server_update_listener(uvs_server_t* server) {
 }
 
 
-/* Closes the listener's handles and socket, and the Unix socket file. */
-static void close_listener(uvs_server_t* server) {
+void uvs__server_close_listener(uvs_server_t* server) {
   if (server->dgram)
     uvs__listen_dgram_close(server);
   else
@@ -352,6 +360,9 @@ int uvs_server_start(uvs_server_t* server) {
   int r;
   if (server == NULL || server->closing)
     return UV_EINVAL;
+  /* A drain closed the listener for good; the loop may still run. */
+  if (server->draining)
+    return 0;
   if (!server->bound) {
     r = uvs_server_bind(server);
     if (r != 0)
@@ -511,7 +522,7 @@ int uvs_server_handle_request(uvs_server_t* server) {
   bool was_accepting;
   int r;
 
-  if (server == NULL || server->closing)
+  if (server == NULL || server->closing || server->draining)
     return UV_EINVAL;
   if (uvs__callback_depth > 0)
     return UV_EBUSY; /* a loop already runs on this thread */
@@ -606,10 +617,12 @@ int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb) {
   server->accepting = false;
   hold(server, false);
 
-  close_listener(server);
+  uvs__server_close_listener(server);
   close_server_handle(server, (uv_handle_t*) &server->service_timer);
   close_server_handle(server, (uv_handle_t*) &server->accept_retry);
   close_server_handle(server, (uv_handle_t*) &server->dgram_retry);
+  uvs__timeout_close(server);
+  uvs__drain_close(server);
   /* Children: waited for, or left to a reaper thread (fork.c). */
   uvs__fork_close(server);
   /* Requests no worker has started are dropped; running handlers are
@@ -696,6 +709,33 @@ int uvs_server_foreach(uvs_server_t* server, uvs_foreach_cb cb, void* arg) {
 }
 
 
+int uvs_server_stats(const uvs_server_t* server, uvs_stats_t* stats) {
+  const uvs__stats_t* c;
+
+  if (server == NULL || stats == NULL)
+    return UV_EINVAL;
+  c = &server->stats;
+  memset(stats, 0, sizeof(*stats));
+#define UVS__READ(field) \
+ stats->field = atomic_load_explicit(&c->field, memory_order_relaxed)
+  UVS__READ(accepted);
+  UVS__READ(rejected_verify);
+  UVS__READ(rejected_limit);
+  UVS__READ(bytes_in);
+  UVS__READ(bytes_out);
+  UVS__READ(handler_errors);
+  UVS__READ(conn_errors);
+  UVS__READ(timeouts);
+  UVS__READ(accept_errors);
+  UVS__READ(datagrams_oversize);
+  UVS__READ(datagrams_dropped);
+#undef UVS__READ
+  stats->active = uvs_server_connection_count(server);
+  stats->children = uvs_server_child_count(server);
+  return 0;
+}
+
+
 void* uvs_server_get_data(const uvs_server_t* server) {
   return server->data;
 }
@@ -739,7 +779,19 @@ bool uvs__server_verify_request(uvs_server_t* server,
   uvs__callback_depth++;
   accept = server->config.hooks.verify_request(server, peer);
   uvs__callback_depth--;
+  if (accept == 0)
+    uvs__stat_add(&server->stats.rejected_verify, 1);
   return accept != 0;
+}
+
+
+bool uvs__server_at_limit(const uvs_server_t* server) {
+  unsigned max = server->config.max_connections;
+  if (max == 0 || server->dgram)
+    return false;
+  if (server->config.mode == UVS_MODE_FORKING)
+    return server->nchildren >= max;
+  return server->nopen >= max;
 }
 
 
@@ -751,7 +803,7 @@ static void on_listen_retry(uv_timer_t* handle) {
 
 
 void uvs__server_listen_error(uvs_server_t* server, int err) {
-  server->accept_errors++;
+  uvs__stat_add(&server->stats.accept_errors, 1);
   if (!server->accept_error_logged) {
     server->accept_error_logged = true;
     uvs__server_error(server, NULL, NULL, err);
@@ -762,7 +814,7 @@ void uvs__server_listen_error(uvs_server_t* server, int err) {
   uvs__server_update_listener(server);
   uv_timer_start(&server->accept_retry,
                  on_listen_retry,
-                 UVS__ACCEPT_RETRY_MS,
+                 server->config.accept_retry_ms,
                  0);
 }
 
@@ -829,9 +881,11 @@ static void release_mailbox(uvs_server_t* server) {
 void uvs__server_conn_done(uvs_server_t* server, uint64_t id) {
   if (server->one_shot && server->one_shot_taken && server->one_shot_id == id)
     server->one_shot_done = true;
-  /* A datagram request less: receiving may resume (listen_dgram.c). */
-  if (server->dgram && !server->closing)
-    uvs__listen_dgram_update(server);
+  /* A datagram request, a connection or a child less: receiving or
+   * accepting may resume (in-flight bound, max_connections_pause). */
+  if (!server->closing)
+    uvs__server_update_listener(server);
+  uvs__drain_check(server);
   maybe_finish_close(server);
 }
 
@@ -860,6 +914,7 @@ static void finish_close(uvs_server_t* server) {
   while (server->shutdown_waiters > 0)
     uv_cond_wait(&server->cond, &server->lock);
   uv_mutex_unlock(&server->lock);
+  uvs__drain_cancelled(server);
   if (server->close_cb != NULL) {
     uvs__callback_depth++;
     server->close_cb(server);

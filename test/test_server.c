@@ -443,7 +443,7 @@ static void accept_backs_off_on_emfile(void) {
   ASSERT_EQ(atomic_load(&errors), 1);
   ASSERT_EQ(atomic_load(&last_error), UV_EMFILE);
   /* Paused, not spinning: at most the first try and one retry. */
-  ASSERT_LE(server->accept_errors, 2);
+  ASSERT_LE(server->stats.accept_errors, 2);
   ASSERT_EQ(atomic_load(&opened), 0);
 
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old_limit), 0);
