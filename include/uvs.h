@@ -177,8 +177,9 @@ typedef int (*uvs_handle_timeout_cb)(uvs_server_t* server);
 /* Runs every poll interval while uvs_server_serve_forever runs. */
 typedef void (*uvs_service_actions_cb)(uvs_server_t* server);
 /* A request is about to be shut down (write side) and closed: once per
- * accepted connection, served or rejected by verify_request (not for one
- * uvs failed to take in, which reaches handle_error). `fd` is still
+ * accepted connection, served or refused (by verify_request or
+ * max_connections; not for one uvs failed to take in, which reaches
+ * handle_error). `fd` is still
  * open. Runs on the loop thread, after finish in the blocking modes, except
  * that a threading connection that ends while its handler still runs (a
  * reset, a server close, uvs_conn_close) is shut down at that moment. */
@@ -516,7 +517,8 @@ UVS_EXTERN int uvs_server_activate(uvs_server_t* server);
 
 /** Starts accepting on the loop without running it, for programs that run
  * the loop themselves (embedding); binds and activates first when that has
- * not been done. Returns 0 (also when accepting already) or the bind or
+ * not been done. Returns 0 (also when accepting already, and after
+ * uvs_server_drain, which stopped accepting for good) or the bind or
  * listen error. */
 UVS_EXTERN int uvs_server_start(uvs_server_t* server);
 
@@ -562,8 +564,8 @@ UVS_EXTERN int uvs_server_shutdown(uvs_server_t* server);
  * (Python's threading mode returns once the thread has started; uvs's
  * request I/O needs the loop to run). Returns UVS_ESTOP when a handler
  * step returned it, UV_EBUSY while serve_forever or handle_request runs or from
- * inside any uvs callback, UV_EINVAL while closing, or a bind or listen
- * error. */
+ * inside any uvs callback, UV_EINVAL while closing or after
+ * uvs_server_drain, or a bind or listen error. */
 UVS_EXTERN int uvs_server_handle_request(uvs_server_t* server);
 
 /** Stops listening, closes the listening socket and every connection

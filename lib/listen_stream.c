@@ -183,6 +183,9 @@ static void take_connection(uvs_server_t* server,
   }
   if (server->one_shot)
     server->one_shot_id = id;
+  /* At the limit with max_connections_pause: stop until one closes. */
+  if (server->config.max_connections_pause)
+    uvs__listen_stream_update(server);
 }
 
 
