@@ -370,11 +370,12 @@ typedef struct uvs_config_s {
   size_t max_packet_size;
 
   /* ---- Unix sockets (unix:, unixgram:) ---- */
-  /* Remove the socket file uvs created when the server closes (Python
-   * never does). Default 1; 0 keeps it. The file is removed only when it
-   * is still the one uvs bound. A stale socket file at the path (nobody
-   * listening) is always replaced at bind; a live one gives
-   * UV_EADDRINUSE; a path that is not a socket is never removed. */
+  /* Remove the socket file uvs created when the server closes, or when
+   * uvs_server_drain closes the listener (Python never does). Default 1; 0
+   * keeps it. The file is removed only when it is still the one uvs bound. A
+   * stale socket file at the path (nobody listening) is always replaced at
+   * bind; a live one gives UV_EADDRINUSE; a path that is not a socket is never
+   * removed. */
   int unlink_on_close;
 } uvs_config_t;
 
@@ -827,8 +828,9 @@ UVS_EXTERN ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n);
  * bytes and NUL-terminates it: a line may be size - 1 bytes long. Returns
  * its length; at EOF the last line without '\n', then 0. A longer line
  * returns UV_ENOBUFS with its first size - 1 bytes consumed and in `buf`;
- * the rest stays unread. Memory never grows with the line. Returns
- * UV_EINVAL when size < 2. Threads: handler. */
+ * the rest stays unread (a line that fills the buffer waits for its next
+ * byte or the EOF to tell which it is). Memory never grows with the line.
+ * Returns UV_EINVAL when size < 2. Threads: handler. */
 UVS_EXTERN ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size);
 
 /** Sends all `len` bytes of `data` (copied), waiting while the unsent

@@ -538,6 +538,21 @@ int uvs_conn_read_start(uvs_conn_t* conn) {
 
 /* ---- Writing -------------------------------------------------------- */
 
+/* The socket took bytes of a uv_write that has not completed (one long
+ * write leaves in many pieces): libuv's queue shrank since the last look.
+ * That is progress for the idle and write timeouts. */
+static void note_progress(uvs_conn_t* conn) {
+  size_t left = uv_stream_get_write_queue_size(&conn->h.stream);
+  if (left < conn->write_mark) {
+    if (uvs__timeout_armed(conn, UVS__TIMEOUT_WRITE))
+      uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
+    if (!conn->closing)
+      uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
+  }
+  conn->write_mark = left;
+}
+
+
 /* Queues `len` bytes at `data`, copied or not, in pieces a uv_buf_t can
  * carry; the free callback travels with the last piece. Returns 0 or an
  * error after which the connection is closing. */
@@ -572,6 +587,7 @@ static int queue_write(uvs_conn_t* conn,
       w->free_data = free_data;
       w->free_arg = free_arg;
     }
+    note_progress(conn);
     r = uv_write(&w->req, &conn->h.stream, &buf, 1, on_write);
     if (r != 0) {
       uvs__free(w);
@@ -579,6 +595,7 @@ static int queue_write(uvs_conn_t* conn,
     }
     if (conn->write_queued == 0)
       uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
+    conn->write_mark = uv_stream_get_write_queue_size(&conn->h.stream);
     conn->write_queued += piece;
     data += piece;
     len -= piece;
@@ -737,6 +754,7 @@ static void on_write(uv_write_t* req, int status) {
     return;
   }
   /* Progress: the peer reads. */
+  conn->write_mark = uv_stream_get_write_queue_size(&conn->h.stream);
   if (conn->write_queued > 0)
     uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
   else
@@ -887,6 +905,15 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
 
   if (conn->handle_closing)
     return;
+  /* A long write that is still leaving is no idle or stuck peer. */
+  if (kind != UVS__TIMEOUT_READ && !conn->dgram) {
+    size_t left = uv_stream_get_write_queue_size(&conn->h.stream);
+    if (left < conn->write_mark) {
+      conn->write_mark = left;
+      uvs__timeout_arm(conn, kind);
+      return;
+    }
+  }
   uvs__stat_add(&server->stats.timeouts, 1);
   if (kind == UVS__TIMEOUT_WRITE) {
     /* Output cannot leave: flushing would wait forever. */
@@ -1019,8 +1046,11 @@ static void on_conn_msg(uvs__msg_t* msg) {
     over_cap(conn);
   else if (abort)
     abort_now(conn);
-  else if (close)
+  else if (close && !(conn->worker_ref && !done))
     close_graceful(conn);
+  /* A graceful close while the handler runs waits for it (its request
+   * I/O fails with UV_ECANCELED, so it returns): what it buffered with
+   * uvs_write is flushed after finish, and the close follows below. */
   if (done && conn->worker_ref) {
     conn->worker_ref = false;
     uvs__mailbox_unhold(conn->server->mailbox);

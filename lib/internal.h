@@ -565,6 +565,7 @@ typedef struct uvs__io_s {
   bool want_read;  /* the worker drained `in` below the low mark */
   bool want_flush; /* `out` has bytes for the loop */
   bool want_close; /* uvs_conn_close from a thread */
+  bool graceful;   /* ended by a graceful close: the final flush still goes */
   bool want_abort; /* uvs_conn_abort, or over max_write_queue */
   bool over_cap;   /* the abort is for max_write_queue (UV_ENOBUFS) */
   bool done;       /* the handler has finished */
@@ -610,6 +611,7 @@ struct uvs_conn_s {
     uint64_t due;
   } timeout[UVS__TIMEOUT_KINDS];
   size_t write_queued; /* bytes in queued uv_write requests */
+  size_t write_mark;   /* libuv's write queue size at the last look */
   uv_shutdown_t shutdown_req;
   uv_timer_t* close_timer;
   void* state;

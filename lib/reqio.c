@@ -496,11 +496,15 @@ ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
     done += uvs__buf_read_line(&io->in, buf + done, size - 1 - done, &newline);
     consumed(conn);
   }
+  /* Full without a '\n': the line is too long only if more of it
+   * follows; a last line of exactly size - 1 bytes ends at EOF. */
+  if (r > 0 && !newline && done == size - 1)
+    r = wait_input(conn, deadline);
   unlock(io);
   buf[done] = '\0';
   if (r < 0)
     return r;
-  if (!newline && done == size - 1)
+  if (r > 0 && !newline && done == size - 1)
     return UV_ENOBUFS;
   return (ssize_t) done;
 }
@@ -706,8 +710,26 @@ int uvs_flush(uvs_conn_t* conn) {
 
 
 static void final_flush(uvs_conn_t* conn) {
-  if (conn->io->wlen > 0)
-    send_wbuf(conn);
+  uvs__io_t* io = conn->io;
+  bool graceful;
+
+  if (io->wlen == 0)
+    return;
+  /* A graceful close (uvs_conn_close, a drain's deadline) ended the
+   * request I/O, but what uvs_write accepted still goes out before the
+   * close: the loop waits for this handler to finish before it closes. */
+  lock(io);
+  graceful = io->error == UV_ECANCELED && io->graceful && !io->want_abort;
+  if (graceful)
+    io->error = 0;
+  unlock(io);
+  send_wbuf(conn);
+  if (graceful) {
+    lock(io);
+    if (io->error == 0)
+      io->error = UV_ECANCELED;
+    unlock(io);
+  }
 }
 
 
@@ -780,8 +802,10 @@ int uvs__reqio_close_any(uvs_conn_t* conn, bool abort) {
   uvs__io_t* io = conn->io;
 
   uv_mutex_lock(&io->lock);
-  if (io->error == 0)
+  if (io->error == 0) {
     io->error = UV_ECANCELED;
+    io->graceful = !abort;
+  }
   if (abort)
     io->want_abort = true;
   else
