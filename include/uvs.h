@@ -592,8 +592,10 @@ UVS_EXTERN int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb);
 /** Drains the server, the graceful stop: stops accepting at once (a
  * stream listener first takes the connections already waiting in its
  * backlog, then closes, so new clients are refused rather than left
- * waiting; a datagram server stops receiving and keeps its socket for
- * replies), and lets open connections, handlers and children go on until
+ * waiting; in sync mode, whose requests run one at a time on the loop,
+ * the clients waiting in the backlog are refused with the listener; a
+ * datagram server stops receiving and keeps its socket for replies), and
+ * lets open connections, handlers and children go on until
  * they end by themselves, up to `deadline_ms` milliseconds. At the
  * deadline every connection left stops being read and is closed
  * gracefully: output already queued is flushed and the peer's FIN awaited

@@ -358,6 +358,7 @@ static void free_conn(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
   uint64_t id = conn->id;
 
+  uvs__timeout_clear(conn);
   unlink_conn(conn);
   if (conn->opened && server->config.mode == UVS_MODE_EVENT &&
       server->handler.on_close != NULL) {
@@ -747,7 +748,10 @@ static void on_write(uv_write_t* req, int status) {
   if (status == 0)
     uvs__stat_loop_add(&server->stats.bytes_out, w->len);
   uvs__free(w);
-  if (status == UV_ECANCELED)
+  /* A write that completed inside uv_write reports later, possibly
+   * after the connection began to close: its timeouts are cleared and
+   * must stay so (the connection may be freed next). */
+  if (status == UV_ECANCELED || conn->handle_closing)
     return;
   if (status < 0) {
     uvs__conn_close_now(conn, status);
@@ -946,8 +950,21 @@ void uvs__conn_drain_close(uvs_conn_t* conn, bool abort) {
     uvs__conn_close_now(conn, UV_ECANCELED);
     return;
   }
-  /* Threading: the handler's request I/O fails with UV_ECANCELED, its
-   * finish runs and its output is flushed. */
+  /* Threading, handler running: its request I/O fails with UV_ECANCELED
+   * and it returns; the close waits for it (the request's end closes
+   * gracefully, on_conn_msg), so what it buffered with uvs_write after
+   * finish still goes out. The drain's grace bounds the wait. */
+  if (conn->io != NULL && conn->io->threaded && conn->worker_ref &&
+      !conn->dgram) {
+    uv_mutex_lock(&conn->io->lock);
+    if (conn->io->error == 0) {
+      conn->io->error = UV_ECANCELED;
+      conn->io->graceful = true;
+    }
+    uv_cond_signal(&conn->io->cond);
+    uv_mutex_unlock(&conn->io->lock);
+    return;
+  }
   if (conn->io != NULL && conn->io->threaded) {
     uvs__reqio_close_any(conn, false);
     return;
@@ -1046,11 +1063,8 @@ static void on_conn_msg(uvs__msg_t* msg) {
     over_cap(conn);
   else if (abort)
     abort_now(conn);
-  else if (close && !(conn->worker_ref && !done))
+  else if (close)
     close_graceful(conn);
-  /* A graceful close while the handler runs waits for it (its request
-   * I/O fails with UV_ECANCELED, so it returns): what it buffered with
-   * uvs_write is flushed after finish, and the close follows below. */
   if (done && conn->worker_ref) {
     conn->worker_ref = false;
     uvs__mailbox_unhold(conn->server->mailbox);

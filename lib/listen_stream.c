@@ -195,10 +195,13 @@ static void accept_some(uvs_server_t* server, unsigned max, bool drain) {
   bool sync = server->config.mode == UVS_MODE_SYNC;
   unsigned i;
 
-  for (i = 0; i < max && (drain || server->poll_active); i++) {
+  for (i = 0; i < max; i++) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     int fd;
+    /* A callback may have stopped accepting, or closed the server. */
+    if (drain ? server->fd < 0 || server->closing : !server->poll_active)
+      break;
     /* A sync-mode request blocks the loop: a shutdown asked meanwhile
      * must stop the server before the next client is taken. */
     if (sync && uvs__server_stop_requested(server))

@@ -313,6 +313,7 @@ static int fd_again(uvs_conn_t* conn, short events, deadline_t d) {
     return 0;
   if (errno != EAGAIN && errno != EWOULDBLOCK) {
     io->error = UVS__ERR(errno);
+    uvs__stat_add(&conn->server->stats.conn_errors, 1);
     return io->error;
   }
   if (io->idle_timeout_ms > 0)
@@ -327,7 +328,10 @@ static int fd_again(uvs_conn_t* conn, short events, deadline_t d) {
   if (r != UV_ETIMEDOUT)
     return r;
   if (at == drain_at) {
+    /* As the drain's deadline in threading mode: what the handler
+     * buffered still goes out after finish. */
     io->error = UV_ECANCELED;
+    io->graceful = true;
     return UV_ECANCELED;
   }
   if (at == idle_at || d.closes)
@@ -715,9 +719,9 @@ static void final_flush(uvs_conn_t* conn) {
 
   if (io->wlen == 0)
     return;
-  /* A graceful close (uvs_conn_close, a drain's deadline) ended the
-   * request I/O, but what uvs_write accepted still goes out before the
-   * close: the loop waits for this handler to finish before it closes. */
+  /* A graceful close ended the request I/O, but what uvs_write accepted
+   * still goes out before the close where the close waits for the
+   * handler: a drain's deadline, and uvs_conn_close in sync mode. */
   lock(io);
   graceful = io->error == UV_ECANCELED && io->graceful && !io->want_abort;
   if (graceful)

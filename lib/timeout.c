@@ -63,7 +63,7 @@ void uvs__timeout_arm(uvs_conn_t* conn, int kind) {
   uvs_server_t* server = conn->server;
   uint64_t ms = server->timeout_ms[kind];
 
-  if (ms == 0 || server->closing)
+  if (ms == 0 || server->closing || conn->handle_closing)
     return;
   if (uvs__timeout_armed(conn, kind))
     uvs__list_remove(&conn->timeout[kind].node);

@@ -8,11 +8,15 @@
  * mode through uvs_conn_request_pending, the blocking modes per read
  * call), write_timeout_ms (a peer that does not read is reset, a slow one
  * that does is not, whether the reply is one write or many),
- * uvs_server_drain (ending by itself, at the deadline with
- * the echo of what arrived before it, refusing new clients, UV_EALREADY,
- * cancelled by a close, threading handlers woken at the deadline), and
- * uvs_server_stats (exact counts for a known exchange, read from another
- * thread while serving).
+ * a write that reports after its connection began to close (the write
+ * timeout stays off), uvs_server_drain (ending by itself, at the deadline
+ * with the echo of what arrived before it, refusing new clients,
+ * UV_EALREADY, cancelled by a close, also from on_open during its backlog
+ * pass, threading handlers woken at the deadline), uvs_conn_close from
+ * another thread on a threading handler busy outside uvs I/O (shut down at
+ * once, bounded by close_timeout_ms), and uvs_server_stats (exact counts
+ * for a known exchange, a reset counted in sync and threading mode, read
+ * from another thread while serving).
  *
  * Threads: the limit, timeout and stats servers run serve_forever on a
  * pthread while the test thread plays the clients; the drain cases run the
@@ -24,6 +28,8 @@
  */
 #define TEST_CASE_TIMEOUT 90
 #include "test.h"
+
+#include "internal.h"
 
 #include <stdatomic.h>
 #include <sys/time.h>
@@ -973,6 +979,160 @@ static void idle_timeout_slow_transfer(void) {
 }
 
 
+/* A write that reports after its connection began to close. A uv_write
+ * that completes inside uv_write (the socket had room) reports after the
+ * loop's poll phase; when the connection closes first (an abort,
+ * max_write_queue, the peer's reset), libuv runs that report, with status
+ * 0, from the close, while later writes still count as queued. The write
+ * timeout must stay off then: a connection left on the server's
+ * write-timeout queue is freed with it, and the queue's timer reads the
+ * freed memory.
+ *
+ * Left to itself the state needs the peer to free room between
+ * uv_try_write and uv_write inside one uvs_conn_write, a race. The case
+ * reaches it every time by holding the connection's write_queued above 0
+ * for one call, which makes uvs skip uv_try_write: the uv_write of a few
+ * bytes on a fresh socket then completes inside the call. A free callback
+ * on that write tells when its report ran. */
+#define REPORT_FIRST 1000
+#define REPORT_CAP   (2 * FLOOD)
+#define REPORT_READ  1024 /* read_buffer_size, and what the client sends */
+
+typedef enum {
+  REPORT_END_ABORT,    /* uvs_conn_abort */
+  REPORT_END_OVER_CAP, /* a write past max_write_queue */
+  REPORT_END_RESET     /* the peer resets; the loop reads it next */
+} report_end_t;
+
+static struct {
+  report_end_t end;
+  char first[REPORT_FIRST];
+  char* big;
+  int client;       /* the client's socket */
+  int reached;      /* the first write completed, its report pending */
+  int reports;      /* its free callback ran */
+  int after_close;  /* ... once the close had begun */
+  int armed_at_end; /* on_close found the write timeout armed */
+} report;
+
+static uvs_server_t* loop_server(uv_loop_t* loop,
+                                 const char* address,
+                                 const uvs_handler_t* handler,
+                                 uvs_config_t* config);
+
+static void report_freed(void* data, void* arg) {
+  uvs_conn_t* conn = arg;
+  report.reports++;
+  report.after_close = conn->handle_closing;
+}
+
+static void report_ev_data(uvs_conn_t* conn, const char* data, size_t len) {
+  if (conn->closing || report.reached)
+    return;
+  /* The first write completes inside the call; its report waits. */
+  conn->write_queued++;
+  ASSERT_OK(uvs_conn_write_nocopy(conn,
+                                  report.first,
+                                  sizeof(report.first),
+                                  report_freed,
+                                  conn));
+  conn->write_queued--;
+  ASSERT_EQ(conn->write_queued, REPORT_FIRST);
+  ASSERT_EQ(uv_stream_get_write_queue_size(&conn->h.stream), 0);
+  ASSERT_EQ(report.reports, 0);
+  /* The write timeout runs, as after any write that had to queue. */
+  uvs__timeout_arm(conn, UVS__TIMEOUT_WRITE);
+  /* More than the socket takes from a peer that does not read: most of
+   * it stays queued in libuv. */
+  ASSERT_OK(uvs_conn_write(conn, report.big, FLOOD));
+  ASSERT_EQ(conn->write_queued, REPORT_FIRST + FLOOD);
+  ASSERT_GT(uv_stream_get_write_queue_size(&conn->h.stream), 0);
+  report.reached = 1;
+  switch (report.end) {
+  case REPORT_END_ABORT:
+    ASSERT_OK(uvs_conn_abort(conn));
+    break;
+  case REPORT_END_OVER_CAP:
+    ASSERT_ERR(uvs_conn_write(conn, report.big, REPORT_CAP), UV_ENOBUFS);
+    break;
+  case REPORT_END_RESET:
+    /* The read filled the buffer, so libuv reads again on return and
+     * finds the reset (Linux's loopback delivers it before close
+     * returns). */
+    rst_close(report.client);
+    report.client = -1;
+    break;
+  }
+}
+
+static void report_ev_close(uvs_conn_t* conn, int status) {
+  report.armed_at_end = uvs__timeout_armed(conn, UVS__TIMEOUT_WRITE);
+  ev_close(conn, status);
+}
+
+static void write_report_after_close(report_end_t end, int want_status) {
+  uvs_handler_t handler = echo_handler(UVS_MODE_EVENT);
+  uvs_config_t config;
+  uvs_server_t* server;
+  uv_loop_t loop;
+  uvs_stats_t st;
+
+  obs_reset();
+  memset(&report, 0, sizeof(report));
+  report.end = end;
+  report.armed_at_end = -1;
+  report.client = -1;
+  report.big = calloc(1, REPORT_CAP);
+  ASSERT_NOT_NULL(report.big);
+  handler.on_open = flood_ev_open;
+  handler.on_data = report_ev_data;
+  handler.on_close = report_ev_close;
+  uvs_config_init(&config);
+  config.write_timeout_ms = WRITE_MS;
+  config.max_write_queue = REPORT_CAP;
+  config.read_buffer_size = REPORT_READ;
+  server = loop_server(&loop, NULL, &handler, &config);
+  /* Sent before the loop runs: the first read takes all of it. */
+  report.client = connect_to(test_server_port(server), SMALL_RCVBUF);
+  test_send_all(report.client, report.big, REPORT_READ);
+  RUN_UNTIL(&loop, atomic_load(&obs.closed) == 1, IO_TIMEOUT);
+  /* Past the write timeout: the queue's timer must find nothing of the
+   * freed connection (under ASan, reading it is reported here). */
+  run_for(&loop, 2 * WRITE_MS);
+  printf("# reached %d, report after the close %d, armed at on_close %d\n",
+         report.reached,
+         report.after_close,
+         report.armed_at_end);
+  ASSERT_EQ(report.reached, 1);
+  ASSERT_EQ(report.reports, 1);
+  ASSERT_EQ(report.after_close, 1);
+  ASSERT_EQ(report.armed_at_end, 0);
+  ASSERT_TRUE(uvs__list_empty(&server->timeouts[UVS__TIMEOUT_WRITE]));
+  ASSERT_ERR(atomic_load(&obs.last_close), want_status);
+  st = stats_of(server);
+  ASSERT_EQ(st.timeouts, 0);
+  ASSERT_EQ(st.conn_errors, end == REPORT_END_RESET ? 1 : 0);
+  ASSERT_EQ(st.active, 0);
+  if (report.client >= 0)
+    ASSERT_OK(close(report.client));
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  free(report.big);
+}
+
+static void write_report_after_abort(void) {
+  write_report_after_close(REPORT_END_ABORT, 0);
+}
+
+static void write_report_after_over_cap(void) {
+  write_report_after_close(REPORT_END_OVER_CAP, UV_ENOBUFS);
+}
+
+static void write_report_after_reset(void) {
+  write_report_after_close(REPORT_END_RESET, UV_ECONNRESET);
+}
+
+
 /* ---- 9. Drain ------------------------------------------------------- */
 
 static atomic_int drain_calls;
@@ -1267,6 +1427,68 @@ static void drain_cancelled_by_close(void) {
 }
 
 
+/* uvs_server_close from on_open while uvs_server_drain takes the
+ * clients waiting in the backlog: the backlog pass stops there, without
+ * an accept on the closed listener (no EBADF reaching handle_error or
+ * accept_errors); the drain callback gets UV_ECANCELED, once. */
+static atomic_int close_calls;
+static uvs_stats_t stats_at_close;
+
+static void on_closed_keep_stats(uvs_server_t* server) {
+  stats_at_close = stats_of(server);
+  atomic_fetch_add(&close_calls, 1);
+}
+
+static void close_in_open(uvs_conn_t* conn) {
+  ev_open(conn);
+  if (atomic_load(&obs.opened) == 1)
+    ASSERT_OK(uvs_server_close(uvs_conn_server(conn), on_closed_keep_stats));
+}
+
+static void drain_closed_in_backlog_pass(void) {
+  uvs_handler_t handler = echo_handler(UVS_MODE_EVENT);
+  uvs_config_t config;
+  uvs_server_t* server;
+  uv_loop_t loop;
+  int fds[3];
+  int port;
+  int i;
+
+  obs_reset();
+  drain_reset();
+  atomic_store(&close_calls, 0);
+  memset(&stats_at_close, 0, sizeof(stats_at_close));
+  handler.on_open = close_in_open;
+  uvs_config_init(&config);
+  server = loop_server(&loop, NULL, &handler, &config);
+  port = test_server_port(server);
+  /* The loop has not run: all three wait in the backlog. */
+  for (i = 0; i < 3; i++)
+    fds[i] = connect_to(port, 0);
+  ASSERT_OK(uvs_server_drain(server, 5000, on_drained));
+  RUN_UNTIL(&loop,
+            atomic_load(&close_calls) == 1 && atomic_load(&drain_calls) == 1,
+            IO_TIMEOUT);
+  run_for(&loop, 20);
+  printf("# opened %d, handle_error %d (%s), accept_errors %" PRIu64 "\n",
+         atomic_load(&obs.opened),
+         atomic_load(&obs.errors),
+         uvs_err_name(atomic_load(&obs.last_error)),
+         (uint64_t) stats_at_close.accept_errors);
+  ASSERT_EQ(atomic_load(&obs.opened), 1);
+  ASSERT_EQ(atomic_load(&obs.errors), 0);
+  ASSERT_EQ(stats_at_close.accept_errors, 0);
+  ASSERT_EQ(stats_at_close.accepted, 1);
+  ASSERT_EQ(atomic_load(&close_calls), 1);
+  ASSERT_EQ(atomic_load(&drain_calls), 1);
+  ASSERT_ERR(atomic_load(&drain_status), UV_ECANCELED);
+  ASSERT_EQ(atomic_load(&obs.closed), 1);
+  for (i = 0; i < 3; i++)
+    ASSERT_OK(close(fds[i]));
+  test_loop_close(&loop);
+}
+
+
 /* Threading: a handler blocked in uvs_recv at the deadline gets
  * UV_ECANCELED, its finish runs, and what it had sent is flushed before
  * the server's FIN. */
@@ -1361,6 +1583,137 @@ static void drain_threading_flushes_wbuf(void) {
   RUN_UNTIL(&loop, atomic_load(&drain_calls) == 1, IO_TIMEOUT);
   ASSERT_OK(uvs_server_close(server, NULL));
   test_loop_close(&loop);
+}
+
+
+/* ---- 9. Closing a busy threading connection from another thread ----- */
+
+/* uvs_conn_close from another thread while the handler works outside
+ * uvs I/O: the connection is shut down at that moment (the client sees
+ * EOF, shutdown_request runs) rather than when the handler returns. */
+#define BUSY_MS  2500
+#define CLOSE_MS 500
+
+static _Atomic(uvs_conn_t*) busy_conn;
+static atomic_int busy_release;
+static atomic_int busy_ended;
+static atomic_int shutdown_calls;
+static atomic_ullong shutdown_at;
+
+static void busy_reset(void) {
+  atomic_store(&busy_conn, NULL);
+  atomic_store(&busy_release, 0);
+  atomic_store(&busy_ended, 0);
+  atomic_store(&shutdown_calls, 0);
+  atomic_store(&shutdown_at, 0);
+}
+
+static void record_shutdown(uvs_server_t* server,
+                            uv_os_sock_t fd,
+                            const uvs_address_t* peer) {
+  atomic_store(&shutdown_at, test_now_ms());
+  atomic_fetch_add(&shutdown_calls, 1);
+}
+
+static int busy_handle(uvs_conn_t* conn) {
+  uint64_t until = test_now_ms() + BUSY_MS;
+  atomic_store(&busy_conn, conn);
+  while (!atomic_load(&busy_release) && test_now_ms() < until)
+    usleep(1000);
+  atomic_store(&busy_ended, 1);
+  return 0;
+}
+
+static void close_busy_handler(void) {
+  uvs_handler_t handler = echo_handler(UVS_MODE_THREADING);
+  uvs_config_t config;
+  serve_thread_t t;
+  uvs_server_t* server;
+  uint64_t t0;
+  int fd;
+
+  obs_reset();
+  busy_reset();
+  handler.handle = busy_handle;
+  uvs_config_init(&config);
+  config.mode = UVS_MODE_THREADING;
+  config.close_timeout_ms = CLOSE_MS;
+  config.hooks.shutdown_request = record_shutdown;
+  server = serve_start(&t, NULL, &handler, &config);
+  fd = connect_to(test_server_port(server), 0);
+  WAIT_UNTIL(atomic_load(&busy_conn) != NULL, IO_TIMEOUT);
+  t0 = test_now_ms();
+  ASSERT_OK(uvs_conn_close(atomic_load(&busy_conn)));
+  ASSERT_EQ(eof_within(fd, 1000), 1);
+  printf("# EOF after %" PRIu64 " ms\n", test_now_ms() - t0);
+  ASSERT_EQ(atomic_load(&busy_ended), 0); /* still working */
+  ASSERT_EQ(atomic_load(&shutdown_calls), 1);
+  ASSERT_LT(atomic_load(&shutdown_at) - t0, 1000);
+  atomic_store(&busy_release, 1);
+  WAIT_UNTIL(atomic_load(&obs.closed) == 1, IO_TIMEOUT);
+  ASSERT_OK(close(fd));
+  WAIT_UNTIL(uvs_server_connection_count(server) == 0, IO_TIMEOUT);
+  ASSERT_EQ(atomic_load(&shutdown_calls), 1);
+  ASSERT_EQ(atomic_load(&obs.errors), 0);
+  serve_stop(&t);
+}
+
+
+/* After that close, a handler whose uvs_sendall to a peer that does not
+ * read fails, and whose finish buffers a last line with uvs_write
+ * (wbufsize > 0) and returns, leaves nothing waiting for room in the
+ * output: the connection is gone within close_timeout_ms and a margin. */
+static atomic_int finish_wrote;
+
+static int stuck_handle(uvs_conn_t* conn) {
+  int r = 0;
+  int i;
+  atomic_store(&busy_conn, conn);
+  for (i = 0; i < 16 && r == 0; i++)
+    r = uvs_sendall(conn, zero_chunk, sizeof(zero_chunk));
+  atomic_store(&obs.result, r);
+  return 0;
+}
+
+static int stuck_finish(uvs_conn_t* conn) {
+  atomic_store(&finish_wrote, uvs_write(conn, "bye\n", 4));
+  return bl_finish(conn);
+}
+
+static void close_final_flush_bounded(void) {
+  uvs_handler_t handler = echo_handler(UVS_MODE_THREADING);
+  uvs_config_t config;
+  serve_thread_t t;
+  uvs_server_t* server;
+  uint64_t t0;
+  int fd;
+
+  obs_reset();
+  busy_reset();
+  atomic_store(&finish_wrote, 1);
+  handler.handle = stuck_handle;
+  handler.finish = stuck_finish;
+  uvs_config_init(&config);
+  config.mode = UVS_MODE_THREADING;
+  config.wbufsize = 8192;
+  config.close_timeout_ms = CLOSE_MS;
+  config.close_linger_ms = 200;
+  config.hooks.shutdown_request = record_shutdown;
+  server = serve_start(&t, NULL, &handler, &config);
+  fd = connect_to(test_server_port(server), 4096); /* never reads */
+  WAIT_UNTIL(atomic_load(&busy_conn) != NULL, IO_TIMEOUT);
+  usleep(200 * 1000); /* the output fills up */
+  t0 = test_now_ms();
+  ASSERT_OK(uvs_conn_close(atomic_load(&busy_conn)));
+  WAIT_UNTIL(uvs_server_connection_count(server) == 0, CLOSE_MS + 1500);
+  printf("# gone after %" PRIu64 " ms\n", test_now_ms() - t0);
+  ASSERT_ERR(atomic_load(&obs.result), UV_ECANCELED);
+  ASSERT_EQ(atomic_load(&obs.closed), 1);
+  ASSERT_OK(atomic_load(&finish_wrote));
+  ASSERT_EQ(atomic_load(&shutdown_calls), 1);
+  ASSERT_EQ(atomic_load(&obs.errors), 0);
+  ASSERT_OK(close(fd));
+  serve_stop(&t);
 }
 
 
@@ -1574,6 +1927,53 @@ static void stats_from_thread_threading(void) {
 }
 
 
+/* A client reset counts in conn_errors, once, whether the handler's
+ * reads go through the loop (threading) or the descriptor (sync); an
+ * ordinary end does not. */
+static void stats_reset(uvs_mode_t mode) {
+  uvs_handler_t handler = echo_handler(mode);
+  uvs_config_t config;
+  serve_thread_t t;
+  uvs_server_t* server;
+  uvs_stats_t st;
+  int port;
+  int fd;
+
+  printf("# mode %s\n", mode_name(mode));
+  obs_reset();
+  uvs_config_init(&config);
+  config.mode = mode;
+  server = serve_start(&t, NULL, &handler, &config);
+  port = test_server_port(server);
+  fd = connect_to(port, 0);
+  echo_check(fd, "ends\n");
+  ASSERT_OK(close(fd));
+  WAIT_UNTIL(atomic_load(&obs.closed) == 1, IO_TIMEOUT);
+  fd = connect_to(port, 0);
+  echo_check(fd, "resets\n");
+  rst_close(fd);
+  WAIT_UNTIL(atomic_load(&obs.closed) == 2, IO_TIMEOUT);
+  WAIT_UNTIL(uvs_server_connection_count(server) == 0, IO_TIMEOUT);
+  st = stats_of(server);
+  printf("# conn_errors %" PRIu64 ", handler_errors %" PRIu64 "\n",
+         (uint64_t) st.conn_errors,
+         (uint64_t) st.handler_errors);
+  ASSERT_EQ(st.accepted, 2);
+  ASSERT_EQ(st.active, 0);
+  ASSERT_EQ(st.conn_errors, 1);
+  ASSERT_EQ(st.timeouts, 0);
+  serve_stop(&t);
+}
+
+static void stats_reset_sync(void) {
+  stats_reset(UVS_MODE_SYNC);
+}
+
+static void stats_reset_threading(void) {
+  stats_reset(UVS_MODE_THREADING);
+}
+
+
 static const test_case_t cases[] = {
   { "max_connections_event", max_connections_event },
   { "max_connections_threading", max_connections_threading },
@@ -1604,6 +2004,14 @@ static const test_case_t cases[] = {
   { "write_timeout_event", write_timeout_event },
   { "idle_timeout_slow_transfer", idle_timeout_slow_transfer },
   { "drain_threading_flushes_wbuf", drain_threading_flushes_wbuf },
+  { "write_report_after_abort", write_report_after_abort },
+  { "write_report_after_over_cap", write_report_after_over_cap },
+  { "write_report_after_reset", write_report_after_reset },
+  { "stats_reset_sync", stats_reset_sync },
+  { "stats_reset_threading", stats_reset_threading },
+  { "drain_closed_in_backlog_pass", drain_closed_in_backlog_pass },
+  { "close_busy_handler", close_busy_handler },
+  { "close_final_flush_bounded", close_final_flush_bounded },
 };
 
 TEST_MAIN(cases)
