@@ -263,8 +263,9 @@ typedef struct uvs_config_s {
   uint64_t accept_retry_ms;
 
   /* ---- Limits and timeouts (stream connections) ---- */
-  /* Most connections open at once (forking mode: children alive at once,
-   * on top of max_children). A connection past it is accepted and closed
+  /* Most connections open at once (forking mode: children alive at once;
+   * max_children, which pauses accepting, applies first when it is not
+   * above this). A connection past it is accepted and closed
    * at once: its client sees EOF at once instead of waiting in the
    * backlog, and it is counted in uvs_stats_t.rejected_limit; open
    * connections are unaffected. Default 0: no limit. Ignored by datagram

@@ -12,9 +12,11 @@
  *   the '\n'); on_eof hands over an unfinished last line, leaves and closes;
  *   on_close leaves (a no-op when the client left already).
  * - thread mode: setup joins; handle reads with uvs_readline into a buffer
- *   of --max-line + 3 bytes (text, "\r\n" and the NUL), so a line of
- *   exactly --max-line bytes fits either way and one that fills the buffer
- *   is too long; finish leaves. A client holds its worker for its whole
+ *   of --max-line + 2 bytes (text, '\r' and the NUL). uvs_readline reports
+ *   a full buffer without '\n' (UV_ENOBUFS) once a further byte has come:
+ *   the line is too long unless the buffer ends in '\r' and that byte is
+ *   the '\n'; a last line at EOF comes back whole and chat_line checks its
+ *   length. finish leaves. A client holds its worker for its whole
  *   session, so the pool is uncapped unless --threads says otherwise.
  *
  * In both modes every byte to a client goes out with uvs_conn_write, which
@@ -22,11 +24,14 @@
  * client whose unsent output would pass it, so a reader that stops reading
  * costs at most that much memory and never slows the others.
  *
- * Stopping follows uvs-echo: the first SIGINT/SIGTERM stops accepting; open
- * connections are served until they have all closed or 5 seconds have
- * passed; then serve_forever ends and uvs_server_close closes the rest
- * (in thread mode a handler blocked in uvs_readline gets UV_ECANCELED and
- * its finish still runs). A second signal exits at once with status 1.
+ * Stopping follows uvs-echo: the first SIGINT/SIGTERM starts
+ * uvs_server_drain with a 5 s deadline. uvs stops accepting (new clients
+ * are refused) and serves open connections until they have all closed or
+ * the deadline has passed; then it closes the rest gracefully (in thread
+ * mode a handler blocked in uvs_readline gets UV_ECANCELED and its finish
+ * still runs) and on_drained ends serve_forever. A second signal exits at
+ * once with status 1. SIGUSR1 prints the server's counters
+ * (uvs_server_stats) as one line to stderr.
  *
  * The command line is a contract (test/demos/test_chat.py): a bad flag,
  * value, mode or address prints one line to stderr and exits 2; an address
@@ -49,15 +54,15 @@
 /* How long open connections are served after the first signal (the
  * contract's fixed drain; uvs-chat has no --drain flag). */
 #define CHAT_DRAIN_MS 5000
-/* How often the drain checks whether every connection has closed. */
-#define CHAT_DRAIN_POLL_MS 20
-/* Largest --max-line: the thread front end allocates --max-line + 3 bytes
+/* Largest --max-line: the thread front end allocates --max-line + 2 bytes
  * per client, the event one up to --max-line + 1. */
 #define CHAT_MAX_LINE_LIMIT ((uint64_t) 64 * 1024 * 1024)
 /* Largest --max-queue (1 TiB): anything above is no cap in practice. */
 #define CHAT_MAX_QUEUE_LIMIT ((uint64_t) 1 << 40)
 /* Largest --threads. */
 #define CHAT_MAX_THREADS_LIMIT 65536
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #if defined(__GNUC__) || defined(__clang__)
 # define CHAT_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -77,13 +82,12 @@ typedef struct chat_options_s {
 typedef struct chat_app_s {
   uvs_server_t* server;
   chat_room_t room;
-  uv_signal_t sigint;
-  uv_signal_t sigterm;
-  uv_timer_t drain_timer; /* repeats while draining */
-  uint64_t drain_deadline;
-  int stopping; /* the first signal has arrived */
-  int done;     /* uvs_server_shutdown has been asked */
+  uv_signal_t signals[3]; /* see signums */
+  int draining;           /* the first SIGINT/SIGTERM has arrived */
 } chat_app_t;
+
+/* The signals uvs-chat handles, in chat_app_t.signals. */
+static const int signums[3] = { SIGINT, SIGTERM, SIGUSR1 };
 
 /* Per-connection state (handler.state_size), zeroed by uvs. */
 typedef struct chat_conn_s {
@@ -141,6 +145,8 @@ static const char usage_text[] =
     "real port. On SIGINT or SIGTERM it stops accepting at once, keeps\n"
     "serving open connections until they close or 5 seconds pass, then\n"
     "closes the rest and exits 0. A second signal exits at once with 1.\n"
+    "SIGUSR1 prints the server's counters as one line to stderr,\n"
+    "'stats: accepted=N active=N ...', and serving goes on.\n"
     "\n"
     "Exit status: 0 after a signal; 1 when the address cannot be bound\n"
     "(EADDRINUSE, EACCES, a PATH that is not a socket, ...), on another\n"
@@ -503,8 +509,8 @@ static int session_error(ssize_t err) {
 static int thread_handle(uvs_conn_t* conn) {
   chat_conn_t* cc = uvs_conn_state(conn);
   chat_room_t* room = &app_of(conn)->room;
-  /* Text, "\r\n" and uvs_readline's NUL. */
-  size_t size = room->max_line + 3;
+  /* Text, '\r' and uvs_readline's NUL. */
+  size_t size = room->max_line + 2;
   char* buf = malloc(size);
   int status = 0;
 
@@ -514,15 +520,19 @@ static int thread_handle(uvs_conn_t* conn) {
   for (;;) {
     ssize_t n;
     size_t len;
+    char c = 0;
 
-    /* UV_ENOBUFS: a line longer than the buffer. A client cut off for
-     * passing --max-queue reads UV_ECANCELED instead. */
+    /* A client cut off for passing --max-queue reads UV_ECANCELED. */
     n = uvs_readline(conn, buf, size);
     if (n == UV_ENOBUFS) {
-      /* The first size - 1 bytes had no '\n': longer than max_line + 1
-       * even with a '\r'. The rest stays unread; the close discards it. */
-      chat_line_too_long(room, &cc->client);
-      break;
+      /* size - 1 bytes without '\n', and more follow: a line of max_line
+       * and its '\r' whose '\n' comes next, or too long. The rest stays
+       * unread; the close discards it. */
+      if (buf[size - 2] != '\r' || uvs_recv(conn, &c, 1) != 1 || c != '\n') {
+        chat_line_too_long(room, &cc->client);
+        break;
+      }
+      n = (ssize_t) (size - 1);
     }
     if (n < 0) {
       status = session_error(n);
@@ -535,6 +545,7 @@ static int thread_handle(uvs_conn_t* conn) {
     if (buf[len - 1] == '\n') {
       len--;
     }
+    /* chat_line drops a last '\r' and refuses a line past max_line. */
     if (chat_line(room, &cc->client, buf, len) == CHAT_CLOSE) {
       break; /* uvs flushes "* bye" or the error, then closes */
     }
@@ -557,50 +568,60 @@ static int thread_finish(uvs_conn_t* conn) {
 
 /* ---- Signals --------------------------------------------------------- */
 
-/* Asks serve_forever to return; runs once. */
-static void finish_serving(chat_app_t* app) {
-  if (app->done) {
-    return;
-  }
-  app->done = 1;
-  uv_timer_stop(&app->drain_timer);
-  uvs_server_shutdown(app->server);
+/* The drain is over: nothing is left open. */
+static void on_drained(uvs_server_t* server, int status) {
+  (void) status; /* UV_ETIMEDOUT when clients were still open: still 0 */
+  uvs_server_shutdown(server);
 }
 
 
-/* Polled rather than driven by on_close: in thread mode no callback runs
- * on the loop thread once a connection has gone, and one mechanism serves
- * both modes. */
-static void on_drain_tick(uv_timer_t* timer) {
-  chat_app_t* app = timer->data;
+/* SIGUSR1: every counter of uvs_stats_t, in its order, on one line. */
+static void print_stats(const uvs_server_t* server) {
+  uvs_stats_t s;
 
-  if (uvs_server_connection_count(app->server) == 0 ||
-      uv_now(uv_handle_get_loop((uv_handle_t*) timer)) >= app->drain_deadline) {
-    finish_serving(app);
+  if (uvs_server_stats(server, &s) != 0) {
+    return;
   }
+  fprintf(stderr,
+          "stats: accepted=%" PRIu64 " active=%" PRIu64 " children=%" PRIu64
+          " rejected_verify=%" PRIu64 " rejected_limit=%" PRIu64
+          " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " handler_errors=%" PRIu64
+          " conn_errors=%" PRIu64 " timeouts=%" PRIu64 " accept_errors=%" PRIu64
+          " datagrams_oversize=%" PRIu64 " datagrams_dropped=%" PRIu64 "\n",
+          s.accepted,
+          s.active,
+          s.children,
+          s.rejected_verify,
+          s.rejected_limit,
+          s.bytes_in,
+          s.bytes_out,
+          s.handler_errors,
+          s.conn_errors,
+          s.timeouts,
+          s.accept_errors,
+          s.datagrams_oversize,
+          s.datagrams_dropped);
 }
 
 
 static void on_signal(uv_signal_t* handle, int signum) {
   chat_app_t* app = handle->data;
+  int err;
 
-  if (app->stopping) {
+  if (signum == SIGUSR1) {
+    print_stats(app->server);
+    return;
+  }
+  if (app->draining) {
     fprintf(stderr, "uvs-chat: second signal %d, exiting now\n", signum);
     _exit(1);
   }
-  app->stopping = 1;
-  uvs_server_stop(app->server);
-  if (uvs_server_connection_count(app->server) == 0) {
-    finish_serving(app);
-    return;
+  app->draining = 1;
+  err = uvs_server_drain(app->server, CHAT_DRAIN_MS, on_drained);
+  if (err != 0) {
+    fprintf(stderr, "uvs-chat: cannot drain: %s\n", uvs_strerror(err));
+    uvs_server_shutdown(app->server); /* uvs_server_close closes the rest */
   }
-  uv_update_time(uv_handle_get_loop((uv_handle_t*) handle));
-  app->drain_deadline =
-      uv_now(uv_handle_get_loop((uv_handle_t*) handle)) + CHAT_DRAIN_MS;
-  uv_timer_start(&app->drain_timer,
-                 on_drain_tick,
-                 CHAT_DRAIN_POLL_MS,
-                 CHAT_DRAIN_POLL_MS);
 }
 
 
@@ -623,6 +644,7 @@ int main(int argc, char** argv) {
   uv_loop_t* loop;
   char address[UVS_ADDRSTRLEN];
   size_t size = sizeof(address);
+  size_t i;
   int status = 0;
   int err;
 
@@ -662,24 +684,25 @@ int main(int argc, char** argv) {
   uvs_server_set_data(app.server, &app);
   loop = uvs_server_loop(app.server);
 
-  uv_timer_init(loop, &app.drain_timer);
-  app.drain_timer.data = &app;
-  if ((err = uv_signal_init(loop, &app.sigint)) != 0 ||
-      (err = uv_signal_init(loop, &app.sigterm)) != 0 ||
-      (err = uv_signal_start(&app.sigint, on_signal, SIGINT)) != 0 ||
-      (err = uv_signal_start(&app.sigterm, on_signal, SIGTERM)) != 0 ||
-      (err = uvs_server_address(app.server, address, &size)) != 0) {
+  for (i = 0; i < ARRAY_LEN(app.signals) && err == 0; i++) {
+    app.signals[i].data = &app;
+    if ((err = uv_signal_init(loop, &app.signals[i])) == 0) {
+      err = uv_signal_start(&app.signals[i], on_signal, signums[i]);
+    }
+  }
+  if (err == 0) {
+    err = uvs_server_address(app.server, address, &size);
+  }
+  if (err != 0) {
     fprintf(stderr, "uvs-chat: %s\n", uvs_strerror(err));
     status = 1;
     goto cleanup;
   }
-  app.sigint.data = &app;
-  app.sigterm.data = &app;
 
   printf("listening on %s\n", address);
   fflush(stdout);
 
-  /* Returns once finish_serving() has called uvs_server_shutdown. */
+  /* Returns once on_drained has called uvs_server_shutdown. */
   err = uvs_server_serve_forever(app.server, 0);
   if (err != 0) {
     fprintf(stderr, "uvs-chat: %s\n", uvs_strerror(err));
@@ -687,14 +710,15 @@ int main(int argc, char** argv) {
   }
 
 cleanup:
-  close_handle((uv_handle_t*) &app.sigint);
-  close_handle((uv_handle_t*) &app.sigterm);
-  close_handle((uv_handle_t*) &app.drain_timer);
+  for (i = 0; i < ARRAY_LEN(app.signals); i++) {
+    close_handle((uv_handle_t*) &app.signals[i]);
+  }
   /* Let the closes complete before uvs_server_close closes the loop. */
   uv_run(loop, UV_RUN_NOWAIT);
-  /* Closes the connections still open after the drain (their clients
-   * leave the room in on_close or finish), waits for thread-mode handlers
-   * to return, and closes the loop. */
+  /* After a drain nothing is left but the server; after an error it
+   * closes the connections still open (their clients leave the room in
+   * on_close or finish), waits for thread-mode handlers to return, and
+   * closes the loop. */
   uvs_server_close(app.server, NULL);
   chat_room_free(&app.room);
   return status;

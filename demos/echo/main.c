@@ -36,48 +36,53 @@
  * answer (the server's send queue is full) is logged once until a reply
  * goes out again, as uvs logs the blocking modes' dropped replies.
  *
- * Stopping follows DESIGN.md's three verbs. The first SIGINT/SIGTERM stops
- * accepting (uvs_server_stop); open connections are still served until they
- * have all closed or --drain seconds have passed; then uvs_server_shutdown
- * ends serve_forever and uvs_server_close closes what is left (a thread-mode
- * handler blocked in request I/O gets UV_ECANCELED at once). A second
- * signal exits at once with status 1. In event, thread and fork mode the
- * loop always runs, so uv_signal_t delivers the signals. The end of a
- * drain is seen by on_close in event mode; thread and sync mode have no
- * on_close, so a timer looks at uvs_server_connection_count every
- * WATCH_MS instead. A datagram server has no connections to drain: the
- * signal stops receiving, and it closes as soon as the datagrams being
- * served (blocking modes) are answered, which takes no time.
+ * --max-conns and --idle-timeout are uvs's config.max_connections (a
+ * client past the limit is accepted and closed at once, so it sees EOF
+ * rather than waiting in the backlog) and config.idle_timeout_ms; both
+ * apply to stream addresses only. In fork mode the 40-children cap is
+ * raised above --max-conns, so that the limit closes rather than pauses.
  *
- * Fork mode drains in the library: the parent holds no connection (each
- * child owns its own), so the first signal stops accepting and ends
- * serve_forever at once, and uvs_server_close waits for the children up
- * to config.children_wait_ms, which is --drain, then kills (SIGKILL) and
- * reaps the ones still serving: no zombie is left. The signal handles stay
- * open until that close has returned, so a second signal still exits at
- * once with status 1. A child ignores SIGINT and SIGTERM, so that a Ctrl-C
- * (sent to the terminal's whole process group) or a group-wide SIGTERM does
- * not cut its client off before the drain: the parent alone decides when
- * children end. On Linux a child also asks for SIGKILL when the parent
- * dies (PR_SET_PDEATHSIG), so after a second signal, or when the parent is
+ * Stopping is uvs_server_drain (DESIGN.md's three verbs): the first
+ * SIGINT/SIGTERM starts it with --drain as the deadline; uvs stops
+ * accepting (the listener is closed, so new clients are refused), lets
+ * open connections and fork mode's children run until they end, closes
+ * what is left at the deadline (queued output flushed) and calls
+ * on_drained, which ends serve_forever; uvs_server_close then has nothing
+ * left to close. A second signal exits at once with status 1. SIGUSR1
+ * prints the server's counters (uvs_server_stats) as one line to stderr.
+ * In event, thread and fork mode the loop always runs, so uv_signal_t
+ * delivers the signals, and the signal handles stay open until the close
+ * has returned, so a second signal still exits at once.
+ *
+ * Fork mode: a child ignores SIGINT, SIGUSR1 and any SIGTERM but its
+ * parent's, so that a Ctrl-C (sent to the terminal's whole process group)
+ * or a group-wide SIGTERM does not cut its client off before the drain:
+ * the parent alone decides when children end. The parent's SIGTERM is the
+ * drain's deadline: the child stops reading, echoes what came and closes
+ * gracefully; uvs kills a child still there close_linger_ms later. On
+ * Linux a child also asks for SIGKILL when the parent dies
+ * (PR_SET_PDEATHSIG), so after a second signal, or when the parent is
  * killed, no child goes on serving as an orphan.
  *
  * Sync mode cannot use uv_signal_t: while a client is served the loop thread
  * is inside handle() and no loop callback runs. So sync mode installs plain
  * sigaction handlers, which only do async-signal-safe things: record the
- * first signal and its CLOCK_MONOTONIC time in lock-free atomics, wake the
- * loop with uv_async_send (documented as async-signal-safe) for the case
- * that no client is being served, and _exit(1) on a second signal. The
- * handler waits in uvs_recv with a short request timeout, and before each
- * send it waits for the socket to be writable in short steps, so it looks
- * at the signal flag at least every SYNC_POLL_MS: after a signal it stops
- * accepting itself (it runs on the loop thread), goes on echoing until the
- * client closes or the drain deadline passes, and then returns. A handler
- * that starts after the signal resets its client at once, so a client taken
- * from the backlog after the signal is closed, never served. The
- * sends go out in slices of SYNC_SEND_SLICE bytes after poll() has reported
- * the socket writable, because a blocked uvs_sendall could not look at the
- * flag, and one that timed out would leave it unknown how much was sent.
+ * signal (the first SIGINT/SIGTERM with its CLOCK_MONOTONIC time) in
+ * lock-free atomics, wake the loop with uv_async_send (documented as
+ * async-signal-safe) for the case that no client is being served, and
+ * _exit(1) on a second signal. The handler waits in uvs_recv with a short
+ * request timeout, and before each send it waits for the socket to be
+ * writable in short steps, so it looks at the flags at least every
+ * SYNC_POLL_MS: it prints the counters for SIGUSR1, and after the first
+ * SIGINT/SIGTERM it starts the drain itself (uvs allows that on the loop
+ * thread), goes on echoing until the client closes or the drain deadline
+ * passes (uvs's deadline timer cannot run while the handler holds the
+ * loop), and then returns. A handler that starts after the signal resets
+ * its client at once, so a client taken from the backlog after the signal
+ * is closed, never served. The sends go out in slices of SYNC_SEND_SLICE
+ * bytes after poll() has reported the socket writable, because a blocked
+ * uvs_sendall could not look at the flags, and one that timed out would
+ * leave it unknown how much was sent.
  *
  * The command line is a contract (scripts and test/demos/test_echo.py drive
  * it): a bad flag, value or address prints one line to stderr and exits 2.
@@ -85,6 +90,7 @@
 #include <uvs.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -114,12 +120,8 @@
  * handler reads a datagram into a buffer of this size. */
 #define ECHO_MAX_DATAGRAM 65536
 
-/* Thread and sync mode: how often the end of a drain is checked, in
- * milliseconds, since no on_close reports each connection's end. */
-#define WATCH_MS 50
-
 /* Sync mode: the longest the handler waits in one uvs_recv or poll()
- * before it looks at the signal flag again, in milliseconds. */
+ * before it looks at the signal flags again, in milliseconds. */
 #define SYNC_POLL_MS 100
 
 /* Sync mode: bytes sent per uvs_sendall once poll() has reported the socket
@@ -133,6 +135,8 @@
  * never be reached (see SYNC_SEND_SLICE); it only keeps a blocked send from
  * outliving a drain. */
 #define SYNC_SEND_TIMEOUT_MS 1000
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #if defined(__GNUC__) || defined(__clang__)
 # define ECHO_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -148,7 +152,9 @@
 typedef struct echo_options_s {
   const char* listen;
   uvs_mode_t mode;
-  unsigned threads; /* 0: --threads not given */
+  unsigned threads;   /* 0: --threads not given */
+  unsigned max_conns; /* 0: no limit */
+  uint64_t idle_ms;   /* 0: no idle timeout */
   uint64_t drain_ms;
   int quiet;
 } echo_options_t;
@@ -156,20 +162,19 @@ typedef struct echo_options_s {
 /* The program's state, hung on the server (uvs_server_set_data). */
 typedef struct echo_app_s {
   uvs_server_t* server;
-  uvs_mode_t mode;
-  uv_signal_t sigint;  /* event, thread and fork mode */
-  uv_signal_t sigterm; /* event, thread and fork mode */
-  uv_async_t wake;     /* sync mode: a signal arrived */
-  uv_timer_t drain_timer;
-  uv_timer_t watch_timer; /* thread and sync mode: polls the drain's end */
+  uv_signal_t signals[3]; /* event, thread and fork mode: see signums */
+  uv_async_t wake;        /* sync mode: a signal arrived */
   uint64_t drain_ms;
   uint64_t deadline_ms; /* CLOCK_MONOTONIC ms at which the drain ends */
+  uint64_t idle_ms;     /* sync mode: --idle-timeout, 0 for none */
   int quiet;
-  int stopping;         /* the first signal has arrived */
-  int done;             /* uvs_server_shutdown has been asked */
+  int draining;         /* the first signal has arrived */
   int closing;          /* serve_forever has returned */
   int send_error_shown; /* event mode: a dropped reply was logged */
 } echo_app_t;
+
+/* The signals uvs-echo handles, in echo_app_t.signals. */
+static const int signums[3] = { SIGINT, SIGTERM, SIGUSR1 };
 
 /* Per-connection state (handler.state_size), event mode. */
 typedef struct echo_state_s {
@@ -180,6 +185,7 @@ typedef struct echo_state_s {
  * may run on any thread, so these are lock-free atomics (checked above),
  * which C11 allows a signal handler to use. */
 static atomic_int sync_signals;          /* first signals seen: 0 or 1 */
+static atomic_int sync_stats;            /* SIGUSR1 not yet answered */
 static atomic_ullong sync_signal_ms;     /* its CLOCK_MONOTONIC time */
 static atomic_int sync_wake_live;        /* app.wake may be sent to */
 static uv_async_t* sync_wake;            /* set before the handlers */
@@ -189,6 +195,9 @@ static volatile sig_atomic_t sync_quiet; /* --quiet */
 /* Fork mode: the parent's pid, for a child to see whether the parent died
  * before the child asked to die with it. */
 static pid_t fork_parent;
+/* Fork mode, in a stream child: its connection's descriptor, for
+ * on_child_sigterm. */
+static volatile sig_atomic_t fork_child_fd = -1;
 
 static const char usage_text[] =
     "usage: uvs-echo [--listen ADDR] [--mode event|sync|thread|fork]\n"
@@ -227,25 +236,48 @@ static const char usage_text[] =
     "                      (N >= 1); more clients wait for a free one in\n"
     "                      arrival order. Default: no cap, as many\n"
     "                      threads as clients.\n"
-    "  --max-conns N       connections served at once at most; more are\n"
-    "                      closed at once (not supported yet).\n"
-    "  --idle-timeout SEC  close a connection idle for SEC seconds\n"
-    "                      (not supported yet).\n"
+    "  --max-conns N       at most N connections open at once (N >= 1): a\n"
+    "                      client past them is accepted and closed at once\n"
+    "                      (it reads EOF), never served and never left\n"
+    "                      waiting; once one of the N closes, new ones are\n"
+    "                      served again. Fork mode: N children at most, in\n"
+    "                      place of the cap of 40. Sync mode serves one at\n"
+    "                      a time and accepts nobody while it does: the\n"
+    "                      others wait in the backlog until it ends, so\n"
+    "                      there N changes nothing.\n"
+    "  --idle-timeout SEC  close a connection that has received and sent\n"
+    "                      nothing for SEC seconds (> 0, fractions allowed).\n"
+    "                      --max-conns and --idle-timeout apply to tcp://\n"
+    "                      and unix: only: with udp:// or unixgram: they\n"
+    "                      have no effect.\n"
     "  --drain SEC         after SIGINT/SIGTERM, serve open connections for\n"
     "                      up to SEC seconds, then close them (default 5;\n"
-    "                      non-negative, fractions allowed); in fork mode\n"
-    "                      the children still serving then are killed. A\n"
-    "                      datagram server has none: it exits at once.\n"
+    "                      non-negative, fractions allowed): they are read\n"
+    "                      no more, what is queued for them is still sent,\n"
+    "                      and a client that has not closed its side 2 s\n"
+    "                      later is reset (fork mode: its child is killed).\n"
+    "                      A datagram server has no connections: it exits\n"
+    "                      once the replies it holds are sent (a reply the\n"
+    "                      peer refuses for a second is dropped).\n"
     "  --quiet             do not log connection errors to stderr.\n"
     "  --help              print this help to stdout and exit 0.\n"
-    "\n"
+    "\n";
+
+/* The rest of --help (one string literal may hold only 4095 bytes in
+ * ISO C). */
+static const char usage_notes[] =
     "A flag's value may follow as the next argument or after '=':\n"
     "--drain 2 or --drain=2.\n"
     "\n"
     "When ready it prints one line to stdout, 'listening on ADDR', with the\n"
-    "real port. On SIGINT or SIGTERM it stops accepting at once, keeps\n"
-    "serving open connections until they close or --drain runs out, then\n"
-    "closes the rest and exits 0. A second signal exits at once with 1.\n"
+    "real port. On SIGINT or SIGTERM it stops accepting at once (new\n"
+    "clients are refused), keeps serving open connections until they close\n"
+    "or --drain runs out, then closes the rest and exits 0. A second signal\n"
+    "exits at once with 1. SIGUSR1 prints the server's counters as one line\n"
+    "to stderr, 'stats: accepted=N active=N ...' (connections, or\n"
+    "datagrams, taken; bytes in and out, which fork mode's children keep to\n"
+    "themselves; errors and timeouts), and serving goes on; in sync mode\n"
+    "the line comes within 0.1 s, also while a client is being served.\n"
     "\n"
     "Exit status: 0 after a signal; 1 when the address cannot be bound\n"
     "(EADDRINUSE, EACCES, a PATH that is not a socket, ...), on another\n"
@@ -318,13 +350,13 @@ static int flag_is(const char* arg, size_t len, const char* name) {
 
 
 static void parse_args(int argc, char** argv, echo_options_t* opts) {
-  static const char* const later[] = { "--max-conns", "--idle-timeout" };
   int i;
-  size_t k;
 
   opts->listen = "tcp://127.0.0.1:9999";
   opts->mode = UVS_MODE_EVENT;
   opts->threads = 0;
+  opts->max_conns = 0;
+  opts->idle_ms = 0;
   opts->drain_ms = 5000;
   opts->quiet = 0;
 
@@ -345,6 +377,7 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
       }
       if (flag_is(arg, len, "--help")) {
         fputs(usage_text, stdout);
+        fputs(usage_notes, stdout);
         exit(0);
       }
       opts->quiet = 1;
@@ -371,11 +404,19 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
       if (parse_seconds(value, &opts->drain_ms) != 0) {
         usage_error("bad --drain '%s': want seconds >= 0", value);
       }
+    } else if (flag_is(arg, len, "--idle-timeout")) {
+      if (parse_seconds(value, &opts->idle_ms) != 0 || opts->idle_ms == 0) {
+        usage_error("bad --idle-timeout '%s': want seconds >= 0.001", value);
+      }
     } else if (flag_is(arg, len, "--threads")) {
       if (parse_count(value, &opts->threads) != 0) {
         usage_error("bad --threads '%s': want a whole number >= 1", value);
       }
-    } else if (flag_is(arg, len, "--mode")) {
+    } else if (flag_is(arg, len, "--max-conns")) {
+      if (parse_count(value, &opts->max_conns) != 0) {
+        usage_error("bad --max-conns '%s': want a whole number >= 1", value);
+      }
+    } else { /* --mode */
       if (strcmp(value, "event") == 0) {
         opts->mode = UVS_MODE_EVENT;
       } else if (strcmp(value, "thread") == 0) {
@@ -386,12 +427,6 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
         opts->mode = UVS_MODE_FORKING;
       } else {
         usage_error("bad --mode '%s': want event, sync, thread or fork", value);
-      }
-    } else {
-      for (k = 0; k < sizeof(later) / sizeof(later[0]); k++) {
-        if (flag_is(arg, len, later[k])) {
-          usage_error("%s is not supported yet", later[k]);
-        }
       }
     }
   }
@@ -473,7 +508,7 @@ static int is_usage_error(int err) {
 }
 
 
-/* ---- Stopping (loop thread) ------------------------------------------ */
+/* ---- Stopping and counters (loop thread) ----------------------------- */
 
 /* CLOCK_MONOTONIC in milliseconds; async-signal-safe (clock_gettime is). */
 static uint64_t now_ms(void) {
@@ -484,59 +519,62 @@ static uint64_t now_ms(void) {
 }
 
 
-/* Asks serve_forever to return; runs once. */
-static void finish(echo_app_t* app) {
-  if (app->done) {
-    return;
-  }
-  app->done = 1;
-  uv_timer_stop(&app->drain_timer);
-  uv_timer_stop(&app->watch_timer);
-  uvs_server_shutdown(app->server);
+/* The drain is over: nothing is left open. serve_forever returns, and
+ * main closes the server. */
+static void on_drained(uvs_server_t* server, int status) {
+  (void) status; /* UV_ETIMEDOUT when --drain ran out: still a clean stop */
+  uvs_server_shutdown(server);
 }
 
 
-static void on_drain_timeout(uv_timer_t* timer) {
-  finish(timer->data);
-}
-
-
-/* Thread and sync mode: the drain ends when the last connection is gone. */
-static void on_watch(uv_timer_t* timer) {
-  echo_app_t* app = timer->data;
-
-  if (uvs_server_connection_count(app->server) == 0) {
-    finish(app);
-  }
-}
-
-
-/* The first signal, which arrived at `signal_ms`: stop accepting, then
- * drain until the connections are gone or the deadline passes. In fork
- * mode the children hold the connections and uvs_server_close does the
- * drain (children_wait_ms), so this finishes at once. Runs once;
- * in sync mode it may run inside the handler (the loop thread). */
-static void begin_stop(echo_app_t* app, uint64_t signal_ms) {
+/* The first SIGINT/SIGTERM, which arrived at `signal_ms`: the graceful
+ * stop, with the deadline counted from the signal. Runs once; in sync
+ * mode it may run inside the handler (the loop thread). */
+static void begin_drain(echo_app_t* app, uint64_t signal_ms) {
   uint64_t now = now_ms();
+  int err;
 
-  if (app->stopping) {
+  if (app->draining) {
     return;
   }
-  app->stopping = 1;
+  app->draining = 1;
   app->deadline_ms = signal_ms + app->drain_ms;
-  uvs_server_stop(app->server);
-  if (app->mode == UVS_MODE_FORKING ||
-      uvs_server_connection_count(app->server) == 0) {
-    finish(app);
+  err = uvs_server_drain(app->server,
+                         app->deadline_ms > now ? app->deadline_ms - now : 0,
+                         on_drained);
+  if (err != 0) {
+    fprintf(stderr, "uvs-echo: cannot drain: %s\n", uvs_strerror(err));
+    uvs_server_shutdown(app->server); /* uvs_server_close closes the rest */
+  }
+}
+
+
+/* SIGUSR1: every counter of uvs_stats_t, in its order, on one line. */
+static void print_stats(const uvs_server_t* server) {
+  uvs_stats_t s;
+
+  if (uvs_server_stats(server, &s) != 0) {
     return;
   }
-  uv_timer_start(&app->drain_timer,
-                 on_drain_timeout,
-                 app->deadline_ms > now ? app->deadline_ms - now : 0,
-                 0);
-  if (app->mode != UVS_MODE_EVENT) {
-    uv_timer_start(&app->watch_timer, on_watch, WATCH_MS, WATCH_MS);
-  }
+  fprintf(stderr,
+          "stats: accepted=%" PRIu64 " active=%" PRIu64 " children=%" PRIu64
+          " rejected_verify=%" PRIu64 " rejected_limit=%" PRIu64
+          " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " handler_errors=%" PRIu64
+          " conn_errors=%" PRIu64 " timeouts=%" PRIu64 " accept_errors=%" PRIu64
+          " datagrams_oversize=%" PRIu64 " datagrams_dropped=%" PRIu64 "\n",
+          s.accepted,
+          s.active,
+          s.children,
+          s.rejected_verify,
+          s.rejected_limit,
+          s.bytes_in,
+          s.bytes_out,
+          s.handler_errors,
+          s.conn_errors,
+          s.timeouts,
+          s.accept_errors,
+          s.datagrams_oversize,
+          s.datagrams_dropped);
 }
 
 
@@ -577,19 +615,6 @@ static void on_drain(uvs_conn_t* conn) {
   if (state->paused) {
     state->paused = 0;
     (void) uvs_conn_read_start(conn); /* UV_EPIPE when closing: fine */
-  }
-}
-
-
-/* During on_close the count no longer includes `conn`, so the last
- * connection to close while draining ends the program at once. */
-static void on_close(uvs_conn_t* conn, int status) {
-  echo_app_t* app = uvs_server_get_data(uvs_conn_server(conn));
-
-  (void) status;
-  if (app->stopping && !app->done &&
-      uvs_server_connection_count(app->server) == 0) {
-    finish(app);
   }
 }
 
@@ -666,12 +691,19 @@ static int handle_datagram(uvs_conn_t* conn) {
 
 /* ---- Echo handler (thread mode on a worker thread; fork mode) -------- */
 
+/* How a request's I/O error ends the handler: UV_ECANCELED (the server
+ * closed the connection: the drain ran out) and UV_ETIMEDOUT (the idle
+ * timeout closed it) are planned ends, counted in the stats and not worth
+ * a line on stderr; other errors reach handle_error. */
+static int request_end(ssize_t err) {
+  return err == UV_ECANCELED || err == UV_ETIMEDOUT ? 0 : (int) err;
+}
+
+
 /* Returns at the client's EOF; uvs then flushes and closes. In fork mode
  * it runs in the client's child process, whose request I/O works on the
  * descriptor directly: uvs_sendall has sent every byte when it returns,
- * and the child closes gracefully after it. UV_ECANCELED
- * means the server closed the connection (the drain ran out), which is
- * not an error worth logging; other errors reach handle_error. */
+ * and the child closes gracefully after it. */
 static int handle_thread(uvs_conn_t* conn) {
   char buf[ECHO_CHUNK];
   ssize_t n;
@@ -680,11 +712,11 @@ static int handle_thread(uvs_conn_t* conn) {
   for (;;) {
     n = uvs_recv(conn, buf, sizeof(buf));
     if (n <= 0) {
-      return n == UV_ECANCELED ? 0 : (int) n;
+      return request_end(n);
     }
     err = uvs_sendall(conn, buf, (size_t) n);
     if (err != 0) {
-      return err == UV_ECANCELED ? 0 : err;
+      return request_end(err);
     }
   }
 }
@@ -692,17 +724,47 @@ static int handle_thread(uvs_conn_t* conn) {
 
 /* ---- Fork mode: the child's setup ----------------------------------- */
 
+/* In a child: a SIGTERM from the parent is the drain's deadline. The
+ * stream child stops reading (shutdown of its own connection's read side
+ * is async-signal-safe and makes uvs_recv see EOF), so the handler echoes
+ * what came and returns, and the child closes gracefully, as the other
+ * modes do at the deadline. A SIGTERM from anyone else (a group-wide one)
+ * is ignored. */
+static void on_child_sigterm(int signum, siginfo_t* info, void* context) {
+  int saved_errno = errno;
+
+  (void) signum;
+  (void) context;
+  if (info->si_pid == getppid() && fork_child_fd >= 0) {
+    shutdown(fork_child_fd, SHUT_RD);
+  }
+  errno = saved_errno;
+}
+
+
 /* Runs first in each child (stream and datagram). The parent alone ends
  * its children: a SIGINT or SIGTERM sent to the whole process group (a
  * Ctrl-C in the terminal) must not cut a client off before the drain, so
- * the child ignores them; the parent's close kills the children still
- * serving when the drain is over. On Linux the child dies with the parent
- * (second signal, or the parent killed), so no orphan goes on serving; a
- * parent that died before the request took effect is seen by getppid. */
+ * the child ignores them (and SIGUSR1, whose default would kill it), all
+ * but the parent's SIGTERM at the drain's deadline. A datagram child
+ * never waits for the network, and its descriptor is the server's own
+ * socket, which it must not shut down. On Linux the child dies with the
+ * parent (second signal, or the parent killed), so no orphan goes on
+ * serving; a parent that died before the request took effect is seen by
+ * getppid. */
 static int fork_child_setup(uvs_conn_t* conn) {
-  (void) conn;
+  struct sigaction sa;
+
   signal(SIGINT, SIG_IGN);
-  signal(SIGTERM, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = on_child_sigterm;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (!is_datagram(uvs_conn_peer(conn)->transport)) {
+    fork_child_fd = uvs_conn_fileno(conn);
+  }
+  sigaction(SIGTERM, &sa, NULL);
 #ifdef __linux__
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != fork_parent) {
     raise(SIGKILL);
@@ -714,29 +776,38 @@ static int fork_child_setup(uvs_conn_t* conn) {
 
 /* ---- Echo handler (sync mode, on the loop thread) -------------------- */
 
-/* Takes note of a signal the sigaction handler recorded: the first time,
- * stops accepting and starts the drain. Returns nonzero once a signal has
- * arrived. */
+/* Takes note of the signals the sigaction handler recorded: prints the
+ * counters for a SIGUSR1; the first SIGINT/SIGTERM starts the drain.
+ * Returns nonzero once SIGINT/SIGTERM has arrived. */
 static int sync_poll_signal(echo_app_t* app) {
+  if (atomic_exchange(&sync_stats, 0) != 0) {
+    print_stats(app->server);
+  }
   if (atomic_load(&sync_signals) == 0) {
     return 0;
   }
-  begin_stop(app, atomic_load(&sync_signal_ms));
+  begin_drain(app, atomic_load(&sync_signal_ms));
   return 1;
 }
 
 
-/* Nonzero when a signal has arrived and its drain has run out. */
+/* Nonzero when a signal has arrived and its drain has run out. uvs's own
+ * deadline timer cannot run while the handler holds the loop; uvs's
+ * request I/O ends a wait at the deadline, but a client that keeps the
+ * handler busy never makes it wait. */
 static int sync_drain_over(echo_app_t* app) {
   return sync_poll_signal(app) && now_ms() >= app->deadline_ms;
 }
 
 
 /* Waits until the socket takes more bytes. Returns 0, or UV_ECANCELED when
- * the drain ran out first. poll() on the descriptor uvs owns only reads
- * its state; the socket error or hang-up it may report is left for
- * uvs_sendall to return. */
-static int sync_wait_writable(echo_app_t* app, int fd) {
+ * the drain ran out first. It also stops waiting once the connection has
+ * been idle for --idle-timeout since `last_io_ms`: the uvs_sendall that
+ * follows then ends the connection with uvs's idle timeout, which uvs
+ * applies to a blocked send as to a blocked read. poll() on the
+ * descriptor uvs owns only reads its state; the socket error or hang-up it
+ * may report is left for uvs_sendall to return. */
+static int sync_wait_writable(echo_app_t* app, int fd, uint64_t last_io_ms) {
   struct pollfd pfd;
 
   for (;;) {
@@ -749,17 +820,22 @@ static int sync_wait_writable(echo_app_t* app, int fd) {
     if (sync_drain_over(app)) {
       return UV_ECANCELED;
     }
+    if (app->idle_ms > 0 && now_ms() - last_io_ms >= app->idle_ms) {
+      return 0;
+    }
   }
 }
 
 
 /* Sends `len` bytes in slices that each fit the socket's free space (see
  * SYNC_SEND_SLICE), so the wait for a slow reader happens in
- * sync_wait_writable, which keeps looking at the signal flag. */
+ * sync_wait_writable, which keeps looking at the signal flags.
+ * `*last_io_ms` is when bytes last went either way. */
 static int sync_send(echo_app_t* app,
                      uvs_conn_t* conn,
                      const char* data,
-                     size_t len) {
+                     size_t len,
+                     uint64_t* last_io_ms) {
   int fd = uvs_conn_fileno(conn);
   size_t slice;
   int err;
@@ -769,13 +845,14 @@ static int sync_send(echo_app_t* app,
   }
   while (len > 0) {
     slice = len < SYNC_SEND_SLICE ? len : SYNC_SEND_SLICE;
-    err = sync_wait_writable(app, fd);
+    err = sync_wait_writable(app, fd, *last_io_ms);
     if (err == 0) {
       err = uvs_sendall(conn, data, slice);
     }
     if (err != 0) {
       return err;
     }
+    *last_io_ms = now_ms();
     data += slice;
     len -= slice;
   }
@@ -784,85 +861,96 @@ static int sync_send(echo_app_t* app,
 
 
 /* Echoes until the client's EOF or the end of a drain. The short request
- * timeout is only a chance to look at the signal flag: UV_ETIMEDOUT from
- * uvs_recv consumes nothing, so the call is simply made again. */
+ * timeout is only a chance to look at the signal flags: that UV_ETIMEDOUT
+ * consumes nothing, so the call is simply made again. The idle timeout
+ * ends the connection with UV_ETIMEDOUT too, but before the call's own
+ * timeout has run out, and from then on every call fails at once. */
 static int handle_sync(uvs_conn_t* conn) {
   echo_app_t* app = uvs_server_get_data(uvs_conn_server(conn));
   char buf[ECHO_CHUNK];
+  uint64_t last_io_ms = now_ms();
+  uint64_t tick_end;
   ssize_t n;
   int err;
 
-  /* A client taken from the backlog after the first signal is reset
-   * without being served: the contract stops accepting at the signal, and
-   * a graceful close would keep the drain waiting for this client's EOF.
-   * uvs_server_stop usually keeps such a client in the backlog; this
-   * covers one accepted in the same loop turn as the wake-up. */
+  /* A client taken from the backlog after the first signal (accepted in
+   * the same loop turn as the wake-up) is reset without being served: the
+   * contract stops accepting at the signal, and a graceful close would
+   * keep the drain waiting for this client's EOF. */
   if (sync_poll_signal(app)) {
     uvs_conn_abort(conn);
     return 0;
   }
-  for (;;) {
+  while (!sync_drain_over(app)) {
     err = uvs_conn_set_timeout(conn, SYNC_POLL_MS);
     if (err != 0) {
       return err;
     }
+    tick_end = now_ms() + SYNC_POLL_MS;
     n = uvs_recv(conn, buf, sizeof(buf));
-    if (n == UV_ETIMEDOUT) {
-      if (sync_drain_over(app)) {
-        return 0;
-      }
+    if (n == UV_ETIMEDOUT && now_ms() >= tick_end) {
       continue;
     }
     if (n <= 0) {
-      return n == UV_ECANCELED ? 0 : (int) n;
+      return request_end(n);
     }
+    last_io_ms = now_ms();
     err = uvs_conn_set_timeout(conn, SYNC_SEND_TIMEOUT_MS);
     if (err == 0) {
-      err = sync_send(app, conn, buf, (size_t) n);
+      err = sync_send(app, conn, buf, (size_t) n, &last_io_ms);
     }
     if (err != 0) {
-      return err == UV_ECANCELED ? 0 : err;
+      return request_end(err);
     }
   }
+  return 0;
 }
 
 
 /* ---- Signals --------------------------------------------------------- */
 
-/* Event, thread and fork mode: the loop is free to run this at once,
- * also while uvs_server_close waits for fork mode's children. */
+/* Event, thread and fork mode: the loop is free to run this at once. */
 static void on_signal(uv_signal_t* handle, int signum) {
   echo_app_t* app = handle->data;
 
-  /* While closing (fork mode waits for its children there) every signal
-   * is a second one: begin_stop has nothing left to stop. */
-  if (app->stopping || app->closing) {
+  if (signum == SIGUSR1) {
+    if (!app->closing) { /* uvs_server_stats is not for a closing server */
+      print_stats(app->server);
+    }
+    return;
+  }
+  /* While closing every signal is a second one: there is nothing left to
+   * drain. */
+  if (app->draining || app->closing) {
     if (!app->quiet) {
       fprintf(stderr, "uvs-echo: second signal %d, exiting now\n", signum);
     }
     _exit(1);
   }
-  begin_stop(app, now_ms());
+  begin_drain(app, now_ms());
 }
 
 
 /* Sync mode: a sigaction handler, so only async-signal-safe calls. The
- * loop learns of the signal from sync_signals, in the request handler or
- * through `wake` when no client is being served. */
+ * loop learns of the signal from sync_stats and sync_signals, in the
+ * request handler or through `wake` when no client is being served. */
 static void on_sync_signal(int signum) {
   int saved_errno = errno;
   const char* msg;
 
-  if (atomic_load(&sync_signals) != 0) {
+  if (signum == SIGUSR1) {
+    atomic_store(&sync_stats, 1);
+  } else if (atomic_load(&sync_signals) != 0) {
     if (!sync_quiet) {
       msg = sync_second_msg[signum == SIGINT ? 0 : 1];
       (void) !write(STDERR_FILENO, msg, strlen(msg));
     }
     _exit(1);
+  } else {
+    /* The time first: a reader that sees the flag must see the time. */
+    atomic_store(&sync_signal_ms, now_ms());
+    atomic_store(&sync_signals, 1);
   }
-  /* The time first: a reader that sees the flag must see the time. */
-  atomic_store(&sync_signal_ms, now_ms());
-  atomic_store(&sync_signals, 1);
   if (atomic_load(&sync_wake_live)) {
     uv_async_send(sync_wake);
   }
@@ -899,8 +987,10 @@ static int install_sync_signals(echo_app_t* app) {
   sigemptyset(&sa.sa_mask);
   sigaddset(&sa.sa_mask, SIGINT);
   sigaddset(&sa.sa_mask, SIGTERM);
+  sigaddset(&sa.sa_mask, SIGUSR1);
   sa.sa_flags = SA_RESTART;
-  if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) {
+  if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0 ||
+      sigaction(SIGUSR1, &sa, NULL) != 0) {
     return uv_translate_sys_error(errno);
   }
   return 0;
@@ -917,7 +1007,7 @@ static void close_handle(uv_handle_t* handle) {
 
 /* ---- main ------------------------------------------------------------ */
 
-/* Fills in the handler for the mode and the transport. */
+/* Fills in the handler and the limits for the mode and the transport. */
 static void choose_handler(const echo_options_t* opts,
                            uvs_transport_t transport,
                            uvs_config_t* config,
@@ -927,9 +1017,6 @@ static void choose_handler(const echo_options_t* opts,
     config->max_threads = opts->threads;
   }
   if (opts->mode == UVS_MODE_FORKING) {
-    /* The drain: uvs_server_close waits this long for the children, then
-     * kills the rest. */
-    config->children_wait_ms = opts->drain_ms;
     handler->setup = fork_child_setup;
   }
   if (is_datagram(transport)) {
@@ -939,6 +1026,13 @@ static void choose_handler(const echo_options_t* opts,
       handler->handle = handle_datagram;
     }
     return;
+  }
+  config->max_connections = opts->max_conns;
+  config->idle_timeout_ms = opts->idle_ms;
+  /* uvs pauses accepting at max_children: keep that cap above the limit,
+   * whose clients are closed at once instead. */
+  if (opts->max_conns >= config->max_children && opts->max_conns < UINT_MAX) {
+    config->max_children = opts->max_conns + 1;
   }
   switch (opts->mode) {
   case UVS_MODE_THREADING:
@@ -954,7 +1048,6 @@ static void choose_handler(const echo_options_t* opts,
     handler->state_size = sizeof(echo_state_t);
     handler->on_data = on_data;
     handler->on_drain = on_drain;
-    handler->on_close = on_close;
     break;
   }
 }
@@ -969,6 +1062,7 @@ int main(int argc, char** argv) {
   uv_loop_t loop;
   char address[UVS_ADDRSTRLEN];
   size_t size = sizeof(address);
+  size_t i;
   int status = 0;
   int err;
 
@@ -982,14 +1076,14 @@ int main(int argc, char** argv) {
     config.hooks.handle_error = on_error_quiet;
   }
   choose_handler(&opts, addr.transport, &config, &handler);
-  app.mode = opts.mode;
   app.drain_ms = opts.drain_ms;
+  app.idle_ms = opts.idle_ms;
   app.quiet = opts.quiet;
   fork_parent = getpid();
 
   /* The program's own loop rather than one the server owns: the signal
-   * handles must outlive uvs_server_close, which runs this loop while it
-   * waits for fork mode's children, and a server frees an owned loop at
+   * handles outlive uvs_server_close, which runs this loop, so that a
+   * second signal still exits at once, and a server frees an owned loop at
    * the end of its close. */
   err = uv_loop_init(&loop);
   if (err != 0) {
@@ -1005,22 +1099,17 @@ int main(int argc, char** argv) {
   }
   uvs_server_set_data(app.server, &app);
 
-  uv_timer_init(&loop, &app.drain_timer);
-  uv_timer_init(&loop, &app.watch_timer);
-  app.drain_timer.data = &app;
-  app.watch_timer.data = &app;
   if (opts.mode == UVS_MODE_SYNC) {
     if ((err = uv_async_init(&loop, &app.wake, on_wake)) == 0) {
       app.wake.data = &app;
       err = install_sync_signals(&app);
     }
   } else {
-    app.sigint.data = &app;
-    app.sigterm.data = &app;
-    if ((err = uv_signal_init(&loop, &app.sigint)) == 0 &&
-        (err = uv_signal_init(&loop, &app.sigterm)) == 0 &&
-        (err = uv_signal_start(&app.sigint, on_signal, SIGINT)) == 0) {
-      err = uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    for (i = 0; i < ARRAY_LEN(app.signals) && err == 0; i++) {
+      app.signals[i].data = &app;
+      if ((err = uv_signal_init(&loop, &app.signals[i])) == 0) {
+        err = uv_signal_start(&app.signals[i], on_signal, signums[i]);
+      }
     }
   }
   if (err == 0) {
@@ -1035,7 +1124,7 @@ int main(int argc, char** argv) {
   printf("listening on %s\n", address);
   fflush(stdout);
 
-  /* Returns once finish() has called uvs_server_shutdown. */
+  /* Returns once on_drained has called uvs_server_shutdown. */
   err = uvs_server_serve_forever(app.server, 0);
   if (err != 0) {
     fprintf(stderr, "uvs-echo: %s\n", uvs_strerror(err));
@@ -1048,14 +1137,11 @@ cleanup:
    * the handler still counts it, so a second one still exits at once. */
   atomic_store(&sync_wake_live, 0);
   close_handle((uv_handle_t*) &app.wake);
-  close_handle((uv_handle_t*) &app.drain_timer);
-  close_handle((uv_handle_t*) &app.watch_timer);
-  /* Closes the connections still open (after --drain); in fork mode waits
-   * for the children up to --drain, then kills the rest. It runs the
-   * loop, so the signal handles still answer a second signal. */
+  /* After the drain nothing is left to close but the server itself. */
   uvs_server_close(app.server, NULL);
-  close_handle((uv_handle_t*) &app.sigint);
-  close_handle((uv_handle_t*) &app.sigterm);
+  for (i = 0; i < ARRAY_LEN(app.signals); i++) {
+    close_handle((uv_handle_t*) &app.signals[i]);
+  }
   uv_run(&loop, UV_RUN_NOWAIT);
   if (uv_loop_close(&loop) != 0) {
     fprintf(stderr, "uvs-echo: handles left open at exit\n");

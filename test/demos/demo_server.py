@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: MIT
-"""What the demo contract tests (test_echo.py, test_chat.py) share, stdlib
-only: a demo server process read up to its listening line and always
-killed by pid, one-shot runs for the command-line errors, the client side
-of the demos' address syntax, the processes a demo forks (from /proc),
-and the TAP runner.
+"""What the demo contract tests (test_echo.py, test_chat.py,
+test_valgrind.py) share, stdlib only: a demo server process read up to its
+listening line and always killed by pid, its SIGUSR1 counters line,
+one-shot runs for the command-line errors, the client side of the demos'
+address syntax, the processes a demo forks (from /proc), and the TAP
+runner.
 
 Not a test by itself: the test scripts import it from their own folder.
 """
@@ -21,6 +22,15 @@ import time
 import traceback
 
 TIMEOUT = 10.0  # seconds for any one socket operation or wait
+
+# The fields of uvs_stats_t, in its order: the SIGUSR1 line of both demos.
+STATS_FIELDS = ("accepted", "active", "children", "rejected_verify",
+                "rejected_limit", "bytes_in", "bytes_out", "handler_errors",
+                "conn_errors", "timeouts", "accept_errors",
+                "datagrams_oversize", "datagrams_dropped")
+STATS_RE = re.compile(rb"^stats: " + rb" ".join(
+    f.encode() + rb"=(?P<" + f.encode() + rb">\d+)" for f in STATS_FIELDS) +
+    rb"\n$")
 
 
 class Skip(Exception):
@@ -95,10 +105,13 @@ class DemoServer:
     the listening line, which must match `regex` (see listening_regex);
     on exit the process is killed by pid and `tmpdir`, if any, removed.
     With `session` it leads a process group of its own (a terminal's
-    foreground job), which its children join."""
+    foreground job), which its children join. `start_timeout`: seconds
+    allowed until the listening line."""
 
-    def __init__(self, argv, regex, env=None, tmpdir=None, session=False):
+    def __init__(self, argv, regex, env=None, tmpdir=None, session=False,
+                 start_timeout=5.0):
         self.tmpdir = tmpdir
+        self.start_timeout = start_timeout
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
@@ -112,7 +125,7 @@ class DemoServer:
 
     def __enter__(self):
         try:
-            self.line = self.read_line(5.0)
+            self.line = self.read_line(self.start_timeout)
             m = self.regex.match(self.line)
             check(m is not None,
                   "listening line %r does not match %s; stderr: %r"
@@ -175,11 +188,40 @@ class DemoServer:
         return self.proc.stdout.read() or b""
 
     def read_stderr(self):
-        self.stderr.seek(0)
-        return self.stderr.read()
+        """All the server wrote to stderr so far. pread leaves the file
+        offset, which the server shares, alone: a seek while it writes
+        would make it overwrite its own output."""
+        fd = self.stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
 
     def signal(self, signum):
         os.kill(self.proc.pid, signum)
+
+    def stats(self, timeout=TIMEOUT):
+        """Sends SIGUSR1 and returns the counters line it prints to stderr
+        as {name: int}, checking its form: 'stats: ' and every field of
+        uvs_stats_t, in order, as name=value, on one line."""
+        def complete_lines():
+            err = self.read_stderr()
+            return err, [line for line in err.split(b"\n")[:-1]
+                         if line.startswith(b"stats: ")]
+
+        before = len(complete_lines()[1])
+        self.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while True:
+            err, lines = complete_lines()
+            if len(lines) > before:
+                break
+            check(time.monotonic() < deadline, "no stats line within %.1f "
+                  "s of SIGUSR1; stderr %r" % (timeout, err[-2000:]))
+            check(self.proc.poll() is None, "exited (%r) after SIGUSR1; "
+                  "stderr %r" % (self.proc.poll(), err[-2000:]))
+            time.sleep(0.02)
+        m = STATS_RE.match(lines[before] + b"\n")
+        check(m is not None, "stats line %r does not read '%s'"
+              % (lines[before], STATS_RE.pattern.decode()))
+        return {k: int(v) for k, v in m.groupdict().items()}
 
     def wait(self, timeout):
         """Returns (exit status, seconds waited); None status on timeout."""
