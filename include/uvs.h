@@ -339,7 +339,11 @@ typedef struct uvs_config_s {
    * as Python. */
   size_t wbufsize;
   /* Set TCP_NODELAY on each connection (disable_nagle_algorithm). Default
-   * 0. Ignored for Unix streams, which have no Nagle algorithm (Python's
+   * 1, not Python's 0: uvs sends what a handler writes at once, and with
+   * Nagle's algorithm a reply written in pieces (a header, then a body; a
+   * large uvs_sendall) holds its last small piece until the peer's
+   * delayed ACK, 40 ms on Linux. 0 lets the kernel coalesce small writes.
+   * Ignored for Unix streams, which have no Nagle algorithm (Python's
    * setup fails there with EOPNOTSUPP). */
   int disable_nagle_algorithm;
   /* Threading mode: received bytes a handler has not read yet, above

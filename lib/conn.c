@@ -21,8 +21,10 @@
  *
  * Threading mode keeps the socket here, on the loop: reads append to the
  * request side's input queue (reqio.c) and stop above its high mark; a
- * worker's writes collect in the output queue and one mailbox message asks
- * the loop to send them. The connection is freed when both its handles
+ * worker sends directly while nothing is queued, and otherwise its writes
+ * collect in the output queue and one mailbox message asks the loop to
+ * send them. set_closing tells the worker (io->shut) before the loop shuts
+ * down or closes the descriptor. The connection is freed when both its handles
  * are closed and its worker has reported the request done (`worker_ref`),
  * so neither side ever holds a freed pointer. Sync mode runs the whole
  * request inside the accept callback with fd-direct I/O and then hands the
@@ -224,6 +226,13 @@ static void set_closing(uvs_conn_t* conn) {
   conn->closing = true;
   if (conn->dgram)
     return;
+  if (conn->io != NULL && conn->io->threaded) {
+    /* From now on the worker leaves its output to the loop's queue: no
+     * byte of it may follow our FIN or reach a closed descriptor. */
+    uv_mutex_lock(&conn->io->lock);
+    conn->io->shut = true;
+    uv_mutex_unlock(&conn->io->lock);
+  }
   server->nopen--;
   if (server->config.max_connections_pause && !server->closing)
     uvs__server_update_listener(server);
@@ -620,7 +629,7 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
   if (n == UV_EAGAIN)
     return 0;
   if (n > 0) {
-    uvs__stat_loop_add(&conn->server->stats.bytes_out, (uint64_t) n);
+    uvs__stat_add(&conn->server->stats.bytes_out, (uint64_t) n);
     if (!conn->closing)
       uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
   }
@@ -746,7 +755,7 @@ static void on_write(uv_write_t* req, int status) {
     uvs__callback_depth--;
   }
   if (status == 0)
-    uvs__stat_loop_add(&server->stats.bytes_out, w->len);
+    uvs__stat_add(&server->stats.bytes_out, w->len);
   uvs__free(w);
   /* A write that completed inside uv_write reports later, possibly
    * after the connection began to close: its timeouts are cleared and
@@ -909,6 +918,19 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
 
   if (conn->handle_closing)
     return;
+  /* A threading worker's own sends are progress the loop did not see. */
+  if (kind == UVS__TIMEOUT_IDLE && conn->io != NULL && conn->io->threaded &&
+      !conn->dgram) {
+    bool sent;
+    uv_mutex_lock(&conn->io->lock);
+    sent = conn->io->sent_direct;
+    conn->io->sent_direct = false;
+    uv_mutex_unlock(&conn->io->lock);
+    if (sent) {
+      uvs__timeout_arm(conn, kind);
+      return;
+    }
+  }
   /* A long write that is still leaving is no idle or stuck peer. */
   if (kind != UVS__TIMEOUT_READ && !conn->dgram) {
     size_t left = uv_stream_get_write_queue_size(&conn->h.stream);
@@ -984,7 +1006,10 @@ static void on_chunk_sent(void* data, void* arg) {
       (uvs__chunk_t*) ((char*) data - offsetof(uvs__chunk_t, data));
   uv_mutex_lock(&conn->io->lock);
   conn->io->inflight -= chunk->end;
-  uv_cond_signal(&conn->io->cond);
+  /* Only a handler waiting for output to leave cares; one waiting for
+   * input would wake for nothing (a thread switch per reply). */
+  if (conn->io->wait_room)
+    uv_cond_signal(&conn->io->cond);
   uv_mutex_unlock(&conn->io->lock);
   uvs__free(chunk);
 }

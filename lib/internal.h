@@ -218,9 +218,9 @@ size_t uvs__pool_thread_records(uvs__pool_t* pool);
 /* ---- server.c -------------------------------------------------------- */
 
 /* The counters behind uvs_server_stats. Relaxed atomics: any thread reads
- * them. Counters only the loop thread writes (bytes) use
- * uvs__stat_loop_add, a plain load and store; the others
- * uvs__stat_add. */
+ * them. Counters only the loop thread writes (bytes_in) use
+ * uvs__stat_loop_add, a plain load and store; the others, bytes_out
+ * among them (a threading worker sends directly), uvs__stat_add. */
 typedef struct uvs__stats_s {
   _Atomic uint64_t accepted;
   _Atomic uint64_t rejected_verify;
@@ -562,16 +562,20 @@ typedef struct uvs__io_s {
   int error;       /* the end seen by request I/O: UV_ECANCELED, a reset */
   bool eof;        /* the peer's FIN follows the bytes in `in` */
   bool read_paused;
-  bool want_read;  /* the worker drained `in` below the low mark */
-  bool want_flush; /* `out` has bytes for the loop */
-  bool want_close; /* uvs_conn_close from a thread */
-  bool graceful;   /* ended by a graceful close: the final flush still goes */
-  bool want_abort; /* uvs_conn_abort, or over max_write_queue */
-  bool over_cap;   /* the abort is for max_write_queue (UV_ENOBUFS) */
-  bool done;       /* the handler has finished */
-  bool orphaned;   /* the server closed without waiting: the worker frees */
-  bool threaded;   /* threading mode (else sync: fd-direct, no lock) */
-  bool fd_closed;  /* threading: the loop closed the descriptor */
+  bool want_read;   /* the worker drained `in` below the low mark */
+  bool want_flush;  /* `out` has bytes for the loop */
+  bool want_close;  /* uvs_conn_close from a thread */
+  bool graceful;    /* ended by a graceful close: the final flush still goes */
+  bool want_abort;  /* uvs_conn_abort, or over max_write_queue */
+  bool over_cap;    /* the abort is for max_write_queue (UV_ENOBUFS) */
+  bool done;        /* the handler has finished */
+  bool orphaned;    /* the server closed without waiting: the worker frees */
+  bool threaded;    /* threading mode (else sync: fd-direct, no lock) */
+  bool fd_closed;   /* threading: the loop closed the descriptor */
+  bool shut;        /* threading: the loop began closing: no direct sends */
+  bool sent_direct; /* threading: the worker sent bytes itself since the
+                     * loop last looked (progress for the idle timeout) */
+  bool wait_room;   /* threading: the handler waits for output to leave */
   /* Copied from the server, which a detached worker may outlive. */
   uvs_request_cb setup;
   uvs_request_cb handle;

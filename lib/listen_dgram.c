@@ -430,7 +430,7 @@ static int unix_sendto(uvs_server_t* server,
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return UVS__ERR(errno);
-  uvs__stat_loop_add(&server->stats.bytes_out, len);
+  uvs__stat_add(&server->stats.bytes_out, len);
   return 0;
 }
 
@@ -559,7 +559,7 @@ static int udp_send(uvs_server_t* server,
 
   r = uv_udp_try_send(&server->udp, &buf, 1, &peer->u.sa);
   if (r >= 0) {
-    uvs__stat_loop_add(&server->stats.bytes_out, len);
+    uvs__stat_add(&server->stats.bytes_out, len);
     return 0;
   }
   if (r != UV_EAGAIN)
@@ -590,7 +590,7 @@ static void on_udp_sent(uv_udp_send_t* req, int status) {
     reply_dropped(server, &s->peer, status);
   } else if (status == 0) {
     server->dgram_drop_logged = false;
-    uvs__stat_loop_add(&server->stats.bytes_out, s->len);
+    uvs__stat_add(&server->stats.bytes_out, s->len);
   }
   uvs__free(s);
 }

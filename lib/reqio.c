@@ -8,12 +8,19 @@
  * input arrives and how output leaves:
  * - threading: the socket stays in the loop (conn.c). Waiting for input is
  *   a wait on the connection's condition variable, which the loop signals
- *   as it appends; output is appended to the output queue and one mailbox
- *   message asks the loop to send it. Workers make no socket calls, so the
- *   loop can wake any blocked handler (a close, a reset) and writes from
- *   other threads (fan-out) are safe. Backpressure is exact: the loop stops
- *   reading above input_high and the worker asks again below half of it;
- *   uvs_sendall waits while more than output_high bytes are unsent.
+ *   as it appends. Output goes straight to the socket from the worker
+ *   (send with MSG_DONTWAIT, under the lock) when nothing is queued ahead
+ *   of it and the loop has not begun closing; what the socket does not
+ *   take is appended to the output queue and one mailbox message asks the
+ *   loop to send it. Handing every write to the loop cost two thread
+ *   switches per reply, the larger part of a small echo. Workers never
+ *   wait on the socket, so the loop can wake any blocked handler (a close,
+ *   a reset) and writes from other threads (fan-out) are safe: the loop
+ *   sets io->shut under the lock before it shuts down or closes the
+ *   descriptor, and io->inflight keeps a direct send from overtaking
+ *   queued bytes. Backpressure is exact: the loop stops reading above
+ *   input_high and the worker asks again below half of it; uvs_sendall
+ *   waits while more than output_high bytes are unsent.
  * - sync: the handler runs on the loop thread, so it reads and writes the
  *   descriptor itself, waiting in poll(2); reads go through the input queue
  *   too, so readline may read past a line without losing bytes.
@@ -535,7 +542,7 @@ static int fd_send(uvs_conn_t* conn, const char* data, size_t len) {
     int r;
     if (n >= 0) {
       io->last_io_ns = uv_hrtime();
-      uvs__stat_loop_add(&conn->server->stats.bytes_out, (uint64_t) n);
+      uvs__stat_add(&conn->server->stats.bytes_out, (uint64_t) n);
       data += n;
       len -= (size_t) n;
       continue;
@@ -589,6 +596,32 @@ static int reply_append(uvs_conn_t* conn, const char* data, size_t len) {
 }
 
 
+/* Threading, lock held: sends what the socket takes now from this thread,
+ * when nothing is queued or in flight ahead of these bytes and the loop
+ * has not begun closing (it sets io->shut or io->fd_closed under this lock
+ * before a shutdown or close, so the descriptor is ours while we hold
+ * it). Returns the bytes sent; 0 leaves the bytes to the loop's queue,
+ * also after an error, which the loop's write then meets and ends the
+ * connection with, counted as every other. */
+static size_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  ssize_t n;
+
+  if (io->out.len > 0 || io->inflight > 0 || io->error != 0 || io->shut ||
+      io->fd_closed || io->orphaned) {
+    return 0;
+  }
+  do
+    n = send(conn->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0)
+    return 0;
+  io->sent_direct = true;
+  uvs__stat_add(&conn->server->stats.bytes_out, (uint64_t) n);
+  return (size_t) n;
+}
+
+
 /* Sends all of `data`, waiting for room above the high mark. */
 static int send_all(uvs_conn_t* conn, const char* data, size_t len) {
   uvs__io_t* io = conn->io;
@@ -608,9 +641,17 @@ static int send_all(uvs_conn_t* conn, const char* data, size_t len) {
       break;
     }
     if (io->out.len + io->inflight >= io->output_high) {
+      io->wait_room = true;
       r = cond_wait(io, deadline);
+      io->wait_room = false;
       if (r != 0)
         break;
+      continue;
+    }
+    piece = send_direct(conn, data, len);
+    if (piece > 0) {
+      data += piece;
+      len -= piece;
       continue;
     }
     piece = len < UVS__WRITE_PIECE ? len : UVS__WRITE_PIECE;
@@ -703,10 +744,13 @@ int uvs_flush(uvs_conn_t* conn) {
   deadline = deadline_of(io);
   uv_mutex_lock(&io->lock);
   while (r == 0 && io->out.len + io->inflight > 0) {
-    if (io->error != 0)
+    if (io->error != 0) {
       r = write_error(io);
-    else
+    } else {
+      io->wait_room = true;
       r = cond_wait(io, deadline);
+      io->wait_room = false;
+    }
   }
   uv_mutex_unlock(&io->lock);
   return r;

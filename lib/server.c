@@ -131,7 +131,7 @@ void uvs_config_init(uvs_config_t* config) {
   config->children_wait_ms = 300000;
   config->request_timeout_ms = -1;
   config->wbufsize = 0;
-  config->disable_nagle_algorithm = 0;
+  config->disable_nagle_algorithm = 1;
   config->input_high_water = 65536;
   config->output_high_water = 262144;
   config->max_write_queue = 0;

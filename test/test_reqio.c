@@ -972,6 +972,101 @@ static void write_unbuffered(uvs_mode_t mode) {
 BOTH(write_unbuffered)
 
 
+/* ---- Threading: the worker's direct sends ---------------------------- */
+
+#define MIXED_ROUNDS 2000
+#define MIXED_PIECE  97
+
+/* Each round queues a piece with uvs_conn_write (the loop sends it) and
+ * sends the next with uvs_sendall, which the worker sends itself when
+ * nothing is queued: the second must never overtake the first. The client
+ * does not read at first, so some sends are partial and the rest queues. */
+static int mixed_writes_handle(uvs_conn_t* conn) {
+  char piece[MIXED_PIECE];
+  uint64_t offset = 0;
+  int i;
+
+  for (i = 0; i < MIXED_ROUNDS; i++) {
+    pattern_fill(piece, offset, sizeof(piece));
+    ASSERT_OK(uvs_conn_write(conn, piece, sizeof(piece)));
+    offset += sizeof(piece);
+    pattern_fill(piece, offset, sizeof(piece));
+    ASSERT_OK(uvs_sendall(conn, piece, sizeof(piece)));
+    offset += sizeof(piece);
+  }
+  atomic_fetch_add(&ctx_of(conn)->handled, 1);
+  return 0;
+}
+
+static void direct_send_keeps_order(void) {
+  size_t len = (size_t) MIXED_ROUNDS * 2 * MIXED_PIECE;
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  char* got;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  start(&fx, &ctx, mixed_writes_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  sleep_ms(50);
+  got = malloc(len);
+  ASSERT_NOT_NULL(got);
+  ASSERT_EQ(test_recv_n(fd, got, len, IO_TIMEOUT), (ssize_t) len);
+  ASSERT_EQ(pattern_check(got, 0, len), len);
+  free(got);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
+#define TRICKLE_SENDS 12
+#define TRICKLE_GAP   100 /* ms between sends */
+#define TRICKLE_IDLE  350 /* ms: idle_timeout_ms, over three gaps */
+
+/* Sends a byte every TRICKLE_GAP ms and never reads: the connection is
+ * not idle, though the loop sees none of these bytes leave. */
+static int trickle_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  int i;
+
+  ctx->result = 0;
+  for (i = 0; i < TRICKLE_SENDS && ctx->result == 0; i++) {
+    sleep_ms(TRICKLE_GAP);
+    ctx->result = uvs_sendall(conn, "t", 1);
+  }
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void direct_sends_are_not_idle(void) {
+  char got[TRICKLE_SENDS];
+  uvs_config_t config;
+  uvs_stats_t st;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  config.idle_timeout_ms = TRICKLE_IDLE;
+  start(&fx, &ctx, trickle_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  ASSERT_EQ(test_recv_n(fd, got, sizeof(got), IO_TIMEOUT),
+            (ssize_t) sizeof(got));
+  wait_step(&ctx.handled, 1);
+  ASSERT_OK(ctx.result);
+  ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+  close(fd);
+  ASSERT_OK(uvs_server_stats(fx.server, &st));
+  ASSERT_EQ(st.timeouts, 0);
+  ASSERT_EQ(st.bytes_out, TRICKLE_SENDS);
+  stop(&fx);
+}
+
+
 /* ---- TCP_NODELAY ----------------------------------------------------- */
 
 static int nodelay_handle(uvs_conn_t* conn) {
@@ -1450,6 +1545,8 @@ static const test_case_t cases[] = {
   CASES(conn_write_after_close),
   CASES(write_unbuffered),
   CASES(disable_nagle_algorithm),
+  { "direct_send_keeps_order", direct_send_keeps_order },
+  { "direct_sends_are_not_idle", direct_sends_are_not_idle },
   { "event_mode_enotsup", event_mode_enotsup },
   { "backpressure_64mib", backpressure_64mib },
   CASES(reset_while_in_recv),
