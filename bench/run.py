@@ -491,11 +491,11 @@ def parse_args(argv):
                    help="meson build directory (default: build)")
     p.add_argument("--out", default=None,
                    help="where results go (default: BUILD/bench-results)")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=int, default=5,
                    help="rounds per profile, at least 3 for a median "
-                   "with a range (default 3)")
-    p.add_argument("--seconds", type=float, default=3.0,
-                   help="measured seconds per run (default 3)")
+                   "with a range (default 5)")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="measured seconds per run (default 2)")
     p.add_argument("--warmup", type=float, default=0.5,
                    help="unmeasured seconds before each run (default 0.5)")
     p.add_argument("--profiles", default="p1,p2,p3,p4,p5,c10k,rss",
