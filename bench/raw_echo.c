@@ -31,6 +31,8 @@
  * it. Bad arguments print one line to stderr and exit 2; a failure to
  * listen exits 1.
  */
+#include "listen_args.h"
+
 #include <uvs.h>
 
 #include <signal.h>
@@ -353,55 +355,21 @@ static int start_listener(uvs_address_t* addr) {
 }
 
 
-static _Noreturn void usage_error(const char* what, const char* arg) {
-  fprintf(stderr, "bench-raw-echo: %s%s (see --help)\n", what, arg);
-  exit(2);
-}
-
-
-static _Noreturn void bad_address(const char* text, const char* why) {
-  fprintf(stderr, "bench-raw-echo: bad address '%s': %s\n", text, why);
-  exit(2);
-}
-
-
-/* Reads --listen ADDR (or --listen=ADDR) into listen_addr; exits 2 for
- * anything else, or 0 after --help. */
+/* Reads --listen into listen_addr; exits 2 for anything else, or 0 after
+ * --help. */
 static void parse_args(int argc, char** argv) {
-  const char* text = NULL;
-  int err;
-  int i;
-
-  for (i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--help") == 0) {
-      fputs(usage_text, stdout);
-      exit(0);
-    } else if (strncmp(argv[i], "--listen=", 9) == 0) {
-      text = argv[i] + 9;
-    } else if (strcmp(argv[i], "--listen") == 0) {
-      if (i + 1 >= argc) {
-        usage_error("--listen needs a value", "");
-      }
-      text = argv[++i];
-    } else {
-      usage_error("unknown argument: ", argv[i]);
-    }
-  }
-  if (text == NULL) {
-    usage_error("--listen ADDR is required", "");
-  }
-  listen_text = text;
-  err = uvs_address_parse(text, &listen_addr);
-  if (err != 0) {
-    bad_address(text, uv_strerror(err));
-  }
-  if (listen_addr.transport == UVS_TRANSPORT_UNIXGRAM) {
-    bad_address(text, "want tcp://, unix: or udp://");
-  }
+  bench_parse_listen(argc,
+                     argv,
+                     "bench-raw-echo",
+                     usage_text,
+                     &listen_addr,
+                     &listen_text);
   /* uv_pipe_bind takes a C string, which cannot hold an abstract name. */
   if (listen_addr.transport == UVS_TRANSPORT_UNIX &&
       listen_addr.u.un.sun_path[0] == '\0') {
-    bad_address(text, "an abstract unix: name is not served");
+    bench_bad_address("bench-raw-echo",
+                      listen_text,
+                      "an abstract unix: name is not served");
   }
 }
 

@@ -28,6 +28,8 @@
  * file exists. Bad arguments print one line to stderr and exit 2; a
  * failure to listen exits 1.
  */
+#include "listen_args.h"
+
 #include <uvs.h>
 
 #include <errno.h>
@@ -267,54 +269,6 @@ static int start_listener(uvs_address_t* bound) {
 }
 
 
-static _Noreturn void usage_error(const char* what, const char* arg) {
-  fprintf(stderr, "bench-thread-echo: %s%s (see --help)\n", what, arg);
-  exit(2);
-}
-
-
-static _Noreturn void bad_address(const char* text, const char* why) {
-  fprintf(stderr, "bench-thread-echo: bad address '%s': %s\n", text, why);
-  exit(2);
-}
-
-
-/* Reads --listen ADDR (or --listen=ADDR) into listen_addr; exits 2 for
- * anything else, or 0 after --help. */
-static void parse_args(int argc, char** argv) {
-  const char* text = NULL;
-  int err;
-  int i;
-
-  for (i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--help") == 0) {
-      fputs(usage_text, stdout);
-      exit(0);
-    } else if (strncmp(argv[i], "--listen=", 9) == 0) {
-      text = argv[i] + 9;
-    } else if (strcmp(argv[i], "--listen") == 0) {
-      if (i + 1 >= argc) {
-        usage_error("--listen needs a value", "");
-      }
-      text = argv[++i];
-    } else {
-      usage_error("unknown argument: ", argv[i]);
-    }
-  }
-  if (text == NULL) {
-    usage_error("--listen ADDR is required", "");
-  }
-  listen_text = text;
-  err = uvs_address_parse(text, &listen_addr);
-  if (err != 0) {
-    bad_address(text, uv_strerror(err));
-  }
-  if (listen_addr.transport == UVS_TRANSPORT_UNIXGRAM) {
-    bad_address(text, "want tcp://, unix: or udp://");
-  }
-}
-
-
 int main(int argc, char** argv) {
   struct sigaction sa;
   pthread_attr_t attr;
@@ -324,7 +278,12 @@ int main(int argc, char** argv) {
   size_t size = sizeof(text);
   int err;
 
-  parse_args(argc, argv);
+  bench_parse_listen(argc,
+                     argv,
+                     "bench-thread-echo",
+                     usage_text,
+                     &listen_addr,
+                     &listen_text);
 
   /* SA_RESTART: the connection threads' recv and send, which the handler
    * may interrupt, go on by themselves; poll returns EINTR regardless. */
