@@ -346,10 +346,6 @@ typedef struct uvs_config_s {
    * Ignored for Unix streams, which have no Nagle algorithm (Python's
    * setup fails there with EOPNOTSUPP). */
   int disable_nagle_algorithm;
-  /* Threading mode: received bytes a handler has not read yet, above
-   * which uvs stops reading the socket; it reads again once they fall to
-   * half. Default 65536 (the per-connection input memory bound). */
-  size_t input_high_water;
   /* Threading mode: unsent bytes above which uvs_sendall and uvs_flush
    * wait for the socket to take them. Default 262144. */
   size_t output_high_water;

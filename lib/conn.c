@@ -185,10 +185,13 @@ int uvs__conn_accept(uvs_server_t* server,
     return r;
   }
   conn->fd_adopted = true;
-  r = uv_read_start(&conn->h.stream, on_alloc, on_read);
-  if (r != 0) {
-    uvs__conn_close_now(conn, UV_ECANCELED);
-    return r;
+  /* A threading worker reads the socket itself (reqio.c). */
+  if (mode != UVS_MODE_THREADING) {
+    r = uv_read_start(&conn->h.stream, on_alloc, on_read);
+    if (r != 0) {
+      uvs__conn_close_now(conn, UV_ECANCELED);
+      return r;
+    }
   }
   uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
 
@@ -227,10 +230,14 @@ static void set_closing(uvs_conn_t* conn) {
   if (conn->dgram)
     return;
   if (conn->io != NULL && conn->io->threaded) {
-    /* From now on the worker leaves its output to the loop's queue: no
-     * byte of it may follow our FIN or reach a closed descriptor. */
+    /* From now on the socket is the loop's alone: the worker neither
+     * receives (the loop reads to see the FIN) nor sends (no byte may
+     * follow our FIN or reach a closed descriptor). */
     uv_mutex_lock(&conn->io->lock);
     conn->io->shut = true;
+    if (conn->io->eof)
+      conn->eof = true; /* the worker received the FIN */
+    uvs__reqio_wake(conn->io);
     uv_mutex_unlock(&conn->io->lock);
   }
   server->nopen--;
@@ -255,6 +262,10 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
   if (conn->handle_closing)
     return;
   conn->handle_closing = true;
+  /* A handler blocked in request I/O returns at once, with this status
+   * (set before set_closing takes the socket back from its worker). */
+  if (conn->io != NULL && server->config.mode == UVS_MODE_THREADING)
+    uvs__reqio_cancel(conn, status < 0 ? status : UV_ECANCELED);
   set_closing(conn);
   uvs__timeout_clear(conn);
   if (conn->status == 0)
@@ -264,9 +275,6 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
       status != UV_ENOBUFS && status != UV_ENOMEM) {
     uvs__stat_add(&server->stats.conn_errors, 1);
   }
-  /* A handler blocked in request I/O returns at once. */
-  if (conn->io != NULL && server->config.mode == UVS_MODE_THREADING)
-    uvs__reqio_cancel(conn, status < 0 ? status : UV_ECANCELED);
   if (conn->dgram) {
     /* No handle to close, and the reply is dropped: the request's memory
      * goes once its handler is done with it (or with the handler, when
@@ -412,42 +420,12 @@ static void on_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf) {
 }
 
 
-/* Threading mode: queue the bytes for the handler; stop reading above the
- * high mark (the worker asks for more below the low mark). */
-static void on_thread_data(uvs_conn_t* conn, const char* data, size_t len) {
-  uvs__io_t* io = conn->io;
-  bool pause;
-  int r;
-
-  uv_mutex_lock(&io->lock);
-  r = uvs__buf_append(&io->in, data, len);
-  pause = r == 0 && io->in.len >= io->input_high && !io->read_paused;
-  if (pause)
-    io->read_paused = true;
-  uv_cond_signal(&io->cond);
-  uv_mutex_unlock(&io->lock);
-  if (r != 0) {
-    uvs__conn_close_now(conn, r);
-    return;
-  }
-  if (pause)
-    uv_read_stop(&conn->h.stream);
-}
-
-
+/* The loop reads a blocking-mode connection only once it is closing (a
+ * threading worker, a sync handler reads it itself before that). */
 static void on_eof(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
 
   conn->eof = true;
-  if (conn->io != NULL && !conn->closing) {
-    /* The handler reads the EOF after the bytes before it, and may still
-     * write (a half-close). */
-    uv_mutex_lock(&conn->io->lock);
-    conn->io->eof = true;
-    uv_cond_signal(&conn->io->cond);
-    uv_mutex_unlock(&conn->io->lock);
-    return;
-  }
   if (conn->closing) {
     if (conn->shut_done)
       uvs__conn_close_now(conn, 0);
@@ -473,10 +451,6 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     if (conn->closing)
       return;
     uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
-    if (conn->io != NULL) {
-      on_thread_data(conn, buf->base, (size_t) nread);
-      return;
-    }
     if (server->handler.on_data == NULL)
       return;
     uvs__callback_depth++;
@@ -629,7 +603,7 @@ static ssize_t try_write(uvs_conn_t* conn, const char* data, size_t len) {
   if (n == UV_EAGAIN)
     return 0;
   if (n > 0) {
-    uvs__stat_add(&conn->server->stats.bytes_out, (uint64_t) n);
+    uvs__stat_loop_add(&conn->server->stats.bytes_out, (uint64_t) n);
     if (!conn->closing)
       uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
   }
@@ -755,7 +729,7 @@ static void on_write(uv_write_t* req, int status) {
     uvs__callback_depth--;
   }
   if (status == 0)
-    uvs__stat_add(&server->stats.bytes_out, w->len);
+    uvs__stat_loop_add(&server->stats.bytes_out, w->len);
   uvs__free(w);
   /* A write that completed inside uv_write reports later, possibly
    * after the connection began to close: its timeouts are cleared and
@@ -840,11 +814,11 @@ static void close_graceful(uvs_conn_t* conn) {
   uvs__timeout_disarm(conn, UVS__TIMEOUT_IDLE);
   uvs__timeout_disarm(conn, UVS__TIMEOUT_READ);
   notify_shutdown_request(conn);
-  /* Keep reading (and discarding) so the peer's FIN is seen, also when
-   * reading was paused for backpressure (by the handler in event mode, by
-   * the input high mark in threading mode; only the loop writes either). */
+  /* Read (and discard) so the peer's FIN is seen, also when reading was
+   * paused by the handler (event mode) or was the worker's (threading
+   * mode: set_closing took the socket back). */
   if (!conn->eof &&
-      (conn->read_paused || (conn->io != NULL && conn->io->read_paused))) {
+      (conn->read_paused || (conn->io != NULL && conn->io->threaded))) {
     uv_read_start(&conn->h.stream, on_alloc, on_read);
   }
   /* uv_shutdown runs after every queued write has completed. */
@@ -918,16 +892,16 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
 
   if (conn->handle_closing)
     return;
-  /* A threading worker's own sends are progress the loop did not see. */
+  /* A threading worker's own reads and sends are progress the loop did
+   * not see: the idle time counts from the last of them. */
   if (kind == UVS__TIMEOUT_IDLE && conn->io != NULL && conn->io->threaded &&
       !conn->dgram) {
-    bool sent;
+    uint64_t since;
     uv_mutex_lock(&conn->io->lock);
-    sent = conn->io->sent_direct;
-    conn->io->sent_direct = false;
+    since = conn->io->direct_ms;
     uv_mutex_unlock(&conn->io->lock);
-    if (sent) {
-      uvs__timeout_arm(conn, kind);
+    if (since + server->timeout_ms[kind] > uv_now(server->loop)) {
+      uvs__timeout_arm_since(conn, kind, since);
       return;
     }
   }
@@ -954,7 +928,7 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
     uv_mutex_lock(&conn->io->lock);
     if (conn->io->error == 0)
       conn->io->error = UV_ETIMEDOUT;
-    uv_cond_signal(&conn->io->cond);
+    uvs__reqio_wake(conn->io);
     uv_mutex_unlock(&conn->io->lock);
   }
   close_graceful(conn);
@@ -983,7 +957,7 @@ void uvs__conn_drain_close(uvs_conn_t* conn, bool abort) {
       conn->io->error = UV_ECANCELED;
       conn->io->graceful = true;
     }
-    uv_cond_signal(&conn->io->cond);
+    uvs__reqio_wake(conn->io);
     uv_mutex_unlock(&conn->io->lock);
     return;
   }
@@ -1008,8 +982,8 @@ static void on_chunk_sent(void* data, void* arg) {
   conn->io->inflight -= chunk->end;
   /* Only a handler waiting for output to leave cares; one waiting for
    * input would wake for nothing (a thread switch per reply). */
-  if (conn->io->wait_room)
-    uv_cond_signal(&conn->io->cond);
+  if (conn->io->wait_room > 0)
+    uv_cond_broadcast(&conn->io->cond);
   uv_mutex_unlock(&conn->io->lock);
   uvs__free(chunk);
 }
@@ -1043,7 +1017,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   uvs_conn_t* conn = io->conn;
   uvs__chunk_t* chunks = NULL;
   size_t len = 0;
-  bool resume;
+  int failed;
   bool close;
   bool abort;
   bool over;
@@ -1068,10 +1042,8 @@ static void on_conn_msg(uvs__msg_t* msg) {
     io->inflight += len;
     io->want_flush = false;
   }
-  resume = io->want_read && io->read_paused;
-  if (resume)
-    io->read_paused = false;
-  io->want_read = false;
+  failed = io->failed;
+  io->failed = 0;
   close = io->want_close;
   abort = io->want_abort;
   over = io->over_cap;
@@ -1082,9 +1054,9 @@ static void on_conn_msg(uvs__msg_t* msg) {
 
   if (chunks != NULL)
     send_chunks(conn, chunks);
-  if (resume && !conn->closing)
-    uv_read_start(&conn->h.stream, on_alloc, on_read);
-  if (abort && over)
+  if (failed != 0)
+    uvs__conn_close_now(conn, failed);
+  else if (abort && over)
     over_cap(conn);
   else if (abort)
     abort_now(conn);

@@ -218,15 +218,19 @@ size_t uvs__pool_thread_records(uvs__pool_t* pool);
 /* ---- server.c -------------------------------------------------------- */
 
 /* The counters behind uvs_server_stats. Relaxed atomics: any thread reads
- * them. Counters only the loop thread writes (bytes_in) use
- * uvs__stat_loop_add, a plain load and store; the others, bytes_out
- * among them (a threading worker sends directly), uvs__stat_add. */
+ * them. Counters only the loop thread writes (bytes_in, bytes_out) use
+ * uvs__stat_loop_add, a plain load and store, so the event-mode hot path
+ * pays no locked instruction; the others use uvs__stat_add. Threading
+ * workers receive and send on their own: their bytes go to the
+ * workers_* counters, which uvs_server_stats adds in. */
 typedef struct uvs__stats_s {
   _Atomic uint64_t accepted;
   _Atomic uint64_t rejected_verify;
   _Atomic uint64_t rejected_limit;
   _Atomic uint64_t bytes_in;
   _Atomic uint64_t bytes_out;
+  _Atomic uint64_t workers_bytes_in;
+  _Atomic uint64_t workers_bytes_out;
   _Atomic uint64_t handler_errors;
   _Atomic uint64_t conn_errors;
   _Atomic uint64_t timeouts;
@@ -448,6 +452,9 @@ void uvs__timeout_close(uvs_server_t* server);
 /* (Re)starts the connection's timeout of `kind`: it fires its duration
  * from now unless re-armed or disarmed first. Loop thread. */
 void uvs__timeout_arm(uvs_conn_t* conn, int kind);
+/* The same, measured from `since_ms` (loop milliseconds, not after now):
+ * progress the loop learns of late, a threading worker's own I/O. */
+void uvs__timeout_arm_since(uvs_conn_t* conn, int kind, uint64_t since_ms);
 void uvs__timeout_disarm(uvs_conn_t* conn, int kind);
 /* Disarms every kind. */
 void uvs__timeout_clear(uvs_conn_t* conn);
@@ -555,32 +562,35 @@ typedef struct uvs__io_s {
   uvs__list_t job; /* threading: the pool's queue */
   uvs__msg_t msg;  /* threading: wake-ups for the loop */
   uv_mutex_t lock;
-  uv_cond_t cond;  /* the worker waits for input, output room or an end */
-  uvs__buf_t in;   /* received, not yet read by the handler */
-  uvs__buf_t out;  /* written by threads, not yet taken by the loop */
-  size_t inflight; /* taken by the loop, not yet sent */
-  int error;       /* the end seen by request I/O: UV_ECANCELED, a reset */
-  bool eof;        /* the peer's FIN follows the bytes in `in` */
-  bool read_paused;
-  bool want_read;   /* the worker drained `in` below the low mark */
-  bool want_flush;  /* `out` has bytes for the loop */
-  bool want_close;  /* uvs_conn_close from a thread */
-  bool graceful;    /* ended by a graceful close: the final flush still goes */
-  bool want_abort;  /* uvs_conn_abort, or over max_write_queue */
-  bool over_cap;    /* the abort is for max_write_queue (UV_ENOBUFS) */
-  bool done;        /* the handler has finished */
-  bool orphaned;    /* the server closed without waiting: the worker frees */
-  bool threaded;    /* threading mode (else sync: fd-direct, no lock) */
-  bool fd_closed;   /* threading: the loop closed the descriptor */
-  bool shut;        /* threading: the loop began closing: no direct sends */
-  bool sent_direct; /* threading: the worker sent bytes itself since the
-                     * loop last looked (progress for the idle timeout) */
-  bool wait_room;   /* threading: the handler waits for output to leave */
+  uv_cond_t cond;     /* the worker waits for output room or an end */
+  uvs__buf_t in;      /* received, not yet read by the handler */
+  uvs__buf_t out;     /* written by threads, not yet taken by the loop */
+  size_t inflight;    /* taken by the loop, not yet sent */
+  int error;          /* the end seen by request I/O: UV_ECANCELED, a reset */
+  int failed;         /* threading: the worker's recv or send failed with
+                       * this: the loop closes the connection with it */
+  int wake_fd;        /* threading: the polling worker's eventfd (`polling`) */
+  uint64_t direct_ms; /* threading: uv_hrtime in ms of the worker's last
+                       * byte either way (0: none yet), idle progress */
+  bool eof;           /* the peer's FIN follows the bytes in `in` */
+  bool polling;       /* threading: the worker waits in poll(2) for input */
+  bool drained;       /* threading: the worker's last recv emptied the socket */
+  bool want_flush;    /* `out` has bytes for the loop */
+  bool want_close;    /* uvs_conn_close from a thread */
+  bool graceful;   /* ended by a graceful close: the final flush still goes */
+  bool want_abort; /* uvs_conn_abort, or over max_write_queue */
+  bool over_cap;   /* the abort is for max_write_queue (UV_ENOBUFS) */
+  bool done;       /* the handler has finished */
+  bool orphaned;   /* the server closed without waiting: the worker frees */
+  bool threaded;   /* threading mode (else sync: fd-direct, no lock) */
+  bool fd_closed;  /* threading: the loop closed the descriptor */
+  bool shut;       /* threading: the loop began closing: the socket is
+                    * the loop's alone (no direct recv or send) */
+  int wait_room;   /* threading: threads waiting for output to leave */
   /* Copied from the server, which a detached worker may outlive. */
   uvs_request_cb setup;
   uvs_request_cb handle;
   uvs_request_cb finish;
-  size_t input_high;
   size_t output_high;
   size_t max_queue;
   size_t wbufsize;
@@ -692,6 +702,9 @@ void uvs__reqio_free(uvs__io_t* io);
 int uvs__reqio_run(uvs_conn_t* conn);
 /* The loop closes a threading connection: wakes the handler with `err`. */
 void uvs__reqio_cancel(uvs_conn_t* conn, int err);
+/* Threading, lock held: wakes the handler from any wait (input, room), to
+ * look at io->error again. */
+void uvs__reqio_wake(uvs__io_t* io);
 /* uvs_conn_write in the blocking modes: queued and capped (threading, any
  * thread) or sent at once (sync). */
 int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len);

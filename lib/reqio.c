@@ -6,21 +6,25 @@
  * Both blocking modes read through the same input queue, so recv,
  * read_exact and readline are written once; they differ only in how more
  * input arrives and how output leaves:
- * - threading: the socket stays in the loop (conn.c). Waiting for input is
- *   a wait on the connection's condition variable, which the loop signals
- *   as it appends. Output goes straight to the socket from the worker
- *   (send with MSG_DONTWAIT, under the lock) when nothing is queued ahead
- *   of it and the loop has not begun closing; what the socket does not
- *   take is appended to the output queue and one mailbox message asks the
- *   loop to send it. Handing every write to the loop cost two thread
- *   switches per reply, the larger part of a small echo. Workers never
- *   wait on the socket, so the loop can wake any blocked handler (a close,
- *   a reset) and writes from other threads (fan-out) are safe: the loop
- *   sets io->shut under the lock before it shuts down or closes the
- *   descriptor, and io->inflight keeps a direct send from overtaking
- *   queued bytes. Backpressure is exact: the loop stops reading above
- *   input_high and the worker asks again below half of it; uvs_sendall
- *   waits while more than output_high bytes are unsent.
+ * - threading: the worker reads its own socket while its handler runs; the
+ *   loop does not read it until the connection closes. A read receives
+ *   straight into the caller's buffer (recv with MSG_DONTWAIT, under the
+ *   lock); with nothing there the worker waits in poll(2), without the
+ *   lock, on the socket and on its thread's eventfd, which the loop
+ *   writes to end the wait (a close, a timeout, a drain: io->error). Only
+ *   readline can take bytes past its line; they wait in io->in, so uvs
+ *   holds at most one line buffer of input and TCP flow control does the
+ *   rest. Output goes straight to the socket too (send with MSG_DONTWAIT,
+ *   under the lock) when nothing is queued ahead of it; what the socket
+ *   does not take is appended to the output queue and one mailbox message
+ *   asks the loop to send it, and uvs_sendall waits while more than
+ *   output_high bytes are unsent. Going through the loop cost two thread
+ *   switches per read and per write, most of a small echo's time. The
+ *   loop sets io->shut under the lock (and wakes the worker) before it
+ *   shuts down or closes the descriptor, so no direct recv or send
+ *   reaches a closed or reused descriptor or follows our FIN, and
+ *   io->inflight keeps a direct send from overtaking queued bytes; writes
+ *   from other threads (fan-out) always queue.
  * - sync: the handler runs on the loop thread, so it reads and writes the
  *   descriptor itself, waiting in poll(2); reads go through the input queue
  *   too, so readline may read past a line without losing bytes.
@@ -46,14 +50,21 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 /* The most a writer appends at once while waiting for room, so output
  * stays within output_high plus this. */
 #define UVS__WRITE_PIECE ((size_t) 65536)
 
 #define NO_DEADLINE UINT64_MAX
+
+/* Without an eventfd (out of descriptors) a waiting worker looks at
+ * io->error this often. */
+#define WAKE_POLL_MS 50
 
 
 /* ---- Lifecycle ------------------------------------------------------ */
@@ -75,6 +86,7 @@ int uvs__reqio_new(uvs_conn_t* conn) {
     return UV_ENOMEM;
   }
   io->conn = conn;
+  io->wake_fd = -1;
   uvs__list_init(&io->job);
   uvs__buf_init(&io->in);
   uvs__buf_init(&io->out);
@@ -82,7 +94,6 @@ int uvs__reqio_new(uvs_conn_t* conn) {
   io->setup = server->handler.setup;
   io->handle = server->handler.handle;
   io->finish = server->handler.finish;
-  io->input_high = server->config.input_high_water;
   io->output_high = server->config.output_high_water;
   io->max_queue = server->config.max_write_queue;
   io->wbufsize = server->config.wbufsize;
@@ -116,6 +127,8 @@ int uvs__reqio_new_datagram(uvs_conn_t* conn, const char* data, size_t len) {
 
 
 void uvs__reqio_free(uvs__io_t* io) {
+  if (io->wake_fd >= 0)
+    close(io->wake_fd);
   uvs__buf_clear(&io->in);
   uvs__buf_clear(&io->out);
   uvs__free(io->wbuf);
@@ -164,6 +177,10 @@ int uvs__reqio_run(uvs_conn_t* conn) {
 
   /* A server closed without waiting for us is no longer ours to call. */
   uv_mutex_lock(&io->lock);
+  if (io->wake_fd >= 0) {
+    close(io->wake_fd); /* no wait can follow: nothing writes it now */
+    io->wake_fd = -1;
+  }
   orphaned = io->orphaned;
   cancelled = io->error == UV_ECANCELED;
   timed_out = io->error == UV_ETIMEDOUT;
@@ -197,8 +214,28 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
   io->fd_closed = true; /* the loop closes it now: uvs_conn_fileno */
   if (io->error == 0)
     io->error = err;
-  uv_cond_signal(&io->cond);
+  uvs__reqio_wake(io);
   uv_mutex_unlock(&io->lock);
+}
+
+
+/* ---- Threading: waking a waiting worker ------------------------------ */
+
+/* A request's worker makes one eventfd the first time it waits for input
+ * and closes it when the request ends (uvs__reqio_run): a descriptor per
+ * running request that has waited, none for an idle connection or an
+ * idle worker. Out of descriptors, the wait looks at io->error every
+ * WAKE_POLL_MS instead. */
+void uvs__reqio_wake(uvs__io_t* io) {
+  uv_cond_broadcast(&io->cond);
+  if (io->polling && io->wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t n;
+    /* EAGAIN: the counter is full, so the thread wakes anyway. */
+    do
+      n = write(io->wake_fd, &one, sizeof(one));
+    while (n < 0 && errno == EINTR);
+  }
 }
 
 
@@ -380,8 +417,103 @@ static int fd_fill(uvs_conn_t* conn, deadline_t deadline) {
 }
 
 
-/* Waits until input is queued (1), the peer's EOF is next (0), or an
- * error. Threading: called with the lock held. */
+/* Threading, lock held: receives up to `n` bytes (n > 0) into `dst` (with
+ * MSG_PEEK, leaves them in the socket). With none there it waits in
+ * poll(2), without the lock, until the socket is readable, the loop wakes
+ * it (io->error, io->shut) or the deadline passes. Returns the count, 0 at
+ * the peer's EOF (io->eof), or an error: the connection's end, the
+ * request timeout's UV_ETIMEDOUT, or a receive error (a reset), which
+ * ends the connection and asks the loop to close it. After a receive that
+ * emptied the socket (fewer bytes than asked) the next one waits first:
+ * in a conversation the next bytes are rarely there yet, and a recv that
+ * fails with EAGAIN is a system call for nothing. */
+static ssize_t thread_recv(uvs_conn_t* conn,
+                           char* dst,
+                           size_t n,
+                           int flags,
+                           deadline_t d) {
+  uvs__io_t* io = conn->io;
+  bool wait_first = io->drained && !(flags & MSG_PEEK);
+
+  for (;;) {
+    struct pollfd pfd[2];
+    ssize_t got;
+    int wake_fd;
+    int ms = -1;
+    int r;
+
+    if (io->error != 0)
+      return io->error;
+    if (io->eof)
+      return 0;
+    /* The loop began closing (it sets io->error first wherever a handler
+     * may still run): the descriptor is no longer ours. */
+    if (io->shut || io->fd_closed || io->orphaned) {
+      io->error = UV_ECANCELED;
+      return UV_ECANCELED;
+    }
+    if (!wait_first) {
+      do
+        got = recv(conn->fd, dst, n, flags | MSG_DONTWAIT);
+      while (got < 0 && errno == EINTR);
+      if (got > 0) {
+        if (!(flags & MSG_PEEK)) {
+          io->drained = (size_t) got < n;
+          io->direct_ms = uv_hrtime() / 1000000;
+          uvs__stat_add(&conn->server->stats.workers_bytes_in, (uint64_t) got);
+        }
+        return got;
+      }
+      if (got == 0) {
+        io->eof = true;
+        return 0;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        io->error = UVS__ERR(errno);
+        io->failed = io->error;
+        uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+        return io->error;
+      }
+    }
+    wait_first = false;
+    if (d.at != NO_DEADLINE) {
+      uint64_t now = uv_hrtime();
+      uint64_t left;
+      if (now >= d.at)
+        return d.closes ? end_timed_out(conn, false) : UV_ETIMEDOUT;
+      left = (d.at - now + 999999) / 1000000;
+      ms = left > INT_MAX ? INT_MAX : (int) left;
+    }
+    if (io->wake_fd < 0)
+      io->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wake_fd = io->wake_fd;
+    if (wake_fd < 0 && (ms < 0 || ms > WAKE_POLL_MS))
+      ms = WAKE_POLL_MS;
+    pfd[0].fd = conn->fd;
+    pfd[0].events = POLLIN;
+    pfd[0].revents = 0;
+    pfd[1].fd = wake_fd;
+    pfd[1].events = POLLIN;
+    pfd[1].revents = 0;
+    io->polling = true;
+    uv_mutex_unlock(&io->lock);
+    /* A close by the loop now (which may let the descriptor's number be
+     * reused) comes with a wake-up, so this poll returns, and nothing is
+     * received before the lock is held again and io->shut checked. */
+    r = poll(pfd, wake_fd >= 0 ? 2 : 1, ms);
+    if (r > 0 && (pfd[1].revents & POLLIN)) {
+      uint64_t count;
+      ssize_t ignored = read(wake_fd, &count, sizeof(count));
+      (void) ignored;
+    }
+    uv_mutex_lock(&io->lock);
+    io->polling = false;
+  }
+}
+
+
+/* Waits until input is queued or waits in the socket (1), the peer's EOF
+ * is next (0), or an error. Threading: called with the lock held. */
 static int wait_input(uvs_conn_t* conn, deadline_t deadline) {
   uvs__io_t* io = conn->io;
   for (;;) {
@@ -394,28 +526,37 @@ static int wait_input(uvs_conn_t* conn, deadline_t deadline) {
       return 0;
     if (io->error != 0)
       return io->error;
-    if (!io->threaded) {
-      r = fd_fill(conn, deadline);
-    } else {
-      r = cond_wait(io, deadline.at);
-      if (r == UV_ETIMEDOUT && deadline.closes)
-        r = end_timed_out(conn, false);
+    if (io->threaded) {
+      char c;
+      /* A datagram request's input is all queued, EOF included. */
+      return (int) thread_recv(conn, &c, 1, MSG_PEEK, deadline);
     }
+    r = fd_fill(conn, deadline);
     if (r != 0)
       return r;
   }
 }
 
 
-/* Threading, lock held: after the handler consumed input, ask the loop to
- * read again once the queue is below half the high mark. */
-static void consumed(uvs_conn_t* conn) {
+/* Moves up to `n` (> 0) bytes of input into `dst`, waiting for some.
+ * Queued bytes go first; with none queued a threading worker receives
+ * straight into `dst`. Returns the count, 0 at EOF, or an error.
+ * Threading: lock held. */
+static ssize_t take_input(uvs_conn_t* conn,
+                          char* dst,
+                          size_t n,
+                          deadline_t deadline) {
   uvs__io_t* io = conn->io;
-  if (io->threaded && io->read_paused && !io->want_read &&
-      io->in.len <= io->input_high / 2 && !io->orphaned) {
-    io->want_read = true;
-    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  ssize_t r;
+
+  if (io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
+      !io->eof) {
+    return thread_recv(conn, dst, n, 0, deadline);
   }
+  r = wait_input(conn, deadline);
+  if (r > 0)
+    r = (ssize_t) uvs__buf_read(&io->in, dst, n);
+  return r;
 }
 
 
@@ -447,11 +588,7 @@ ssize_t uvs_recv(uvs_conn_t* conn, void* buf, size_t n) {
   if (n > SSIZE_MAX)
     n = SSIZE_MAX;
   lock(io);
-  r = wait_input(conn, read_deadline(io));
-  if (r > 0) {
-    r = (ssize_t) uvs__buf_read(&io->in, buf, n);
-    consumed(conn);
-  }
+  r = take_input(conn, buf, n, read_deadline(io));
   unlock(io);
   return r;
 }
@@ -471,16 +608,41 @@ ssize_t uvs_read_exact(uvs_conn_t* conn, void* buf, size_t n) {
   deadline = read_deadline(io);
   lock(io);
   while (done < n) {
-    r = wait_input(conn, deadline);
+    r = take_input(conn, (char*) buf + done, n - done, deadline);
     if (r <= 0)
       break;
-    done += uvs__buf_read(&io->in, (char*) buf + done, n - done);
-    consumed(conn);
+    done += (size_t) r;
   }
   unlock(io);
   if (r < 0)
     return r;
   return (ssize_t) done;
+}
+
+
+/* Threading, lock held: `got` bytes were received at `p` for a line. Keeps
+ * them up to the first '\n' (setting `*newline`) and queues the rest for
+ * the next read. Returns the bytes kept, or an error that ends the
+ * connection (bytes that could not be kept would break the stream). */
+static ssize_t line_end(uvs_conn_t* conn, char* p, size_t got, bool* newline) {
+  uvs__io_t* io = conn->io;
+  char* nl = memchr(p, '\n', got);
+  size_t line;
+  int r;
+
+  if (nl == NULL)
+    return (ssize_t) got;
+  *newline = true;
+  line = (size_t) (nl - p) + 1;
+  r = uvs__buf_append(&io->in, nl + 1, got - line);
+  if (r != 0) {
+    io->error = r;
+    io->want_abort = true;
+    if (!io->orphaned)
+      uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+    return r;
+  }
+  return (ssize_t) line;
 }
 
 
@@ -499,13 +661,22 @@ ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
   deadline = read_deadline(io);
   lock(io);
   /* Bytes move into the caller's buffer as they arrive, so a long line
-   * never grows the queue past its high mark. */
+   * never grows the queue. */
   while (!newline && done < size - 1) {
+    if (io->threaded && io->in.len == 0) {
+      r = take_input(conn, buf + done, size - 1 - done, deadline);
+      if (r <= 0)
+        break;
+      r = line_end(conn, buf + done, (size_t) r, &newline);
+      if (r < 0)
+        break;
+      done += (size_t) r;
+      continue;
+    }
     r = wait_input(conn, deadline);
     if (r <= 0)
       break;
     done += uvs__buf_read_line(&io->in, buf + done, size - 1 - done, &newline);
-    consumed(conn);
   }
   /* Full without a '\n': the line is too long only if more of it
    * follows; a last line of exactly size - 1 bytes ends at EOF. */
@@ -600,10 +771,11 @@ static int reply_append(uvs_conn_t* conn, const char* data, size_t len) {
  * when nothing is queued or in flight ahead of these bytes and the loop
  * has not begun closing (it sets io->shut or io->fd_closed under this lock
  * before a shutdown or close, so the descriptor is ours while we hold
- * it). Returns the bytes sent; 0 leaves the bytes to the loop's queue,
- * also after an error, which the loop's write then meets and ends the
- * connection with, counted as every other. */
-static size_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
+ * it). At most output_high bytes go at once, so the loop never waits long
+ * for the lock. Returns the bytes sent (0: leave them to the loop's
+ * queue), or a send error (a reset), which ends the connection as a
+ * failed receive does. */
+static ssize_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
   uvs__io_t* io = conn->io;
   ssize_t n;
 
@@ -611,14 +783,24 @@ static size_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
       io->fd_closed || io->orphaned) {
     return 0;
   }
+  if (len > io->output_high)
+    len = io->output_high;
   do
     n = send(conn->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
-  if (n <= 0)
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
     return 0;
-  io->sent_direct = true;
-  uvs__stat_add(&conn->server->stats.bytes_out, (uint64_t) n);
-  return (size_t) n;
+  if (n < 0) {
+    /* The socket reports an error once: keep it for the handler and the
+     * loop, rather than let the loop's write meet a bare EPIPE. */
+    io->error = UVS__ERR(errno);
+    io->failed = io->error;
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+    return io->error;
+  }
+  io->direct_ms = uv_hrtime() / 1000000;
+  uvs__stat_add(&conn->server->stats.workers_bytes_out, (uint64_t) n);
+  return n;
 }
 
 
@@ -635,23 +817,28 @@ static int send_all(uvs_conn_t* conn, const char* data, size_t len) {
   deadline = deadline_of(io);
   uv_mutex_lock(&io->lock);
   while (len > 0) {
+    ssize_t sent;
     size_t piece;
     if (io->error != 0) {
       r = write_error(io);
       break;
     }
     if (io->out.len + io->inflight >= io->output_high) {
-      io->wait_room = true;
+      io->wait_room++;
       r = cond_wait(io, deadline);
-      io->wait_room = false;
+      io->wait_room--;
       if (r != 0)
         break;
       continue;
     }
-    piece = send_direct(conn, data, len);
-    if (piece > 0) {
-      data += piece;
-      len -= piece;
+    sent = send_direct(conn, data, len);
+    if (sent < 0) {
+      r = (int) sent;
+      break;
+    }
+    if (sent > 0) {
+      data += sent;
+      len -= (size_t) sent;
       continue;
     }
     piece = len < UVS__WRITE_PIECE ? len : UVS__WRITE_PIECE;
@@ -747,9 +934,9 @@ int uvs_flush(uvs_conn_t* conn) {
     if (io->error != 0) {
       r = write_error(io);
     } else {
-      io->wait_room = true;
+      io->wait_room++;
       r = cond_wait(io, deadline);
-      io->wait_room = false;
+      io->wait_room--;
     }
   }
   uv_mutex_unlock(&io->lock);
@@ -834,7 +1021,7 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
     io->error = UV_ECANCELED;
     io->want_abort = true;
     io->over_cap = true;
-    uv_cond_signal(&io->cond);
+    uvs__reqio_wake(io);
     if (!io->orphaned)
       uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
     r = UV_ENOBUFS;
@@ -858,7 +1045,7 @@ int uvs__reqio_close_any(uvs_conn_t* conn, bool abort) {
     io->want_abort = true;
   else
     io->want_close = true;
-  uv_cond_signal(&io->cond);
+  uvs__reqio_wake(io);
   /* A datagram request has nothing on the loop to close: its reply, or
    * none after an abort, leaves when the handler is done. */
   if (io->threaded && !io->orphaned && !io->dgram)

@@ -87,9 +87,9 @@ static void ignore_sigpipe(void) {
 static int check_config(const uvs_config_t* config) {
   if (config->request_queue_size < 0 || config->accept_batch == 0 ||
       config->read_buffer_size == 0 || config->timeout_ms < -1 ||
-      config->request_timeout_ms < -1 || config->input_high_water == 0 ||
-      config->output_high_water == 0 || config->max_packet_size == 0 ||
-      config->max_children == 0 || config->accept_retry_ms == 0) {
+      config->request_timeout_ms < -1 || config->output_high_water == 0 ||
+      config->max_packet_size == 0 || config->max_children == 0 ||
+      config->accept_retry_ms == 0) {
     return UV_EINVAL;
   }
   switch (config->mode) {
@@ -132,7 +132,6 @@ void uvs_config_init(uvs_config_t* config) {
   config->request_timeout_ms = -1;
   config->wbufsize = 0;
   config->disable_nagle_algorithm = 1;
-  config->input_high_water = 65536;
   config->output_high_water = 262144;
   config->max_write_queue = 0;
   config->max_packet_size = 65536;
@@ -723,6 +722,10 @@ int uvs_server_stats(const uvs_server_t* server, uvs_stats_t* stats) {
   UVS__READ(rejected_limit);
   UVS__READ(bytes_in);
   UVS__READ(bytes_out);
+  stats->bytes_in +=
+      atomic_load_explicit(&c->workers_bytes_in, memory_order_relaxed);
+  stats->bytes_out +=
+      atomic_load_explicit(&c->workers_bytes_out, memory_order_relaxed);
   UVS__READ(handler_errors);
   UVS__READ(conn_errors);
   UVS__READ(timeouts);

@@ -14,7 +14,10 @@
  * only the queue heads matter. One uv_timer_t per server fires at the
  * earliest head; it is moved earlier when needed and never later (a
  * head re-armed meanwhile just makes it fire early, find nothing due, and
- * re-aim). Loop thread only.
+ * re-aim). A deadline measured from a moment in the past (a threading
+ * worker's own I/O, which the loop learns of only when the timeout comes
+ * due) is inserted in order from the tail; only a few entries re-armed
+ * since that moment are passed over. Loop thread only.
  */
 #include "internal.h"
 
@@ -70,6 +73,30 @@ void uvs__timeout_arm(uvs_conn_t* conn, int kind) {
   conn->timeout[kind].due = uv_now(server->loop) + ms;
   uvs__list_push(&server->timeouts[kind], &conn->timeout[kind].node);
   aim(server, conn->timeout[kind].due);
+}
+
+
+void uvs__timeout_arm_since(uvs_conn_t* conn, int kind, uint64_t since_ms) {
+  uvs_server_t* server = conn->server;
+  uint64_t ms = server->timeout_ms[kind];
+  uvs__list_t* queue = &server->timeouts[kind];
+  uvs__list_t* at;
+  uint64_t due;
+
+  if (ms == 0 || server->closing || conn->handle_closing)
+    return;
+  if (uvs__timeout_armed(conn, kind))
+    uvs__list_remove(&conn->timeout[kind].node);
+  due = since_ms + ms;
+  /* Insert after the last entry due no later: the queue stays sorted. */
+  for (at = queue->prev; at != queue; at = at->prev) {
+    if (container_of(at, uvs_conn_t, timeout[kind].node)->timeout[kind].due <=
+        due)
+      break;
+  }
+  conn->timeout[kind].due = due;
+  uvs__list_push(at->next, &conn->timeout[kind].node);
+  aim(server, due);
 }
 
 

@@ -36,7 +36,6 @@ static void config_defaults(void) {
   ASSERT_EQ(config.request_timeout_ms, -1);
   ASSERT_EQ(config.wbufsize, 0);
   ASSERT_EQ(config.disable_nagle_algorithm, 1);
-  ASSERT_EQ(config.input_high_water, 65536);
   ASSERT_EQ(config.output_high_water, 262144);
   ASSERT_EQ(config.max_write_queue, 0);
   ASSERT_EQ(config.max_packet_size, 65536);
