@@ -549,7 +549,9 @@ def raise_fd_limit(need):
 
 def main(argv):
     args = parse_args(argv)
-    need = max(args.c10k, args.idle) + 256
+    # Threading mode: a waiting request may hold an eventfd, up to a quarter
+    # of the limit (lib/reqio.c), on top of its socket.
+    need = max(args.c10k, args.idle) * 3 // 2 + 256
     if raise_fd_limit(need) < need:
         log("the descriptor limit is below %d: raise `ulimit -n`" % need)
         return 1

@@ -19,12 +19,15 @@
  * last close callback runs on_close and frees the connection, so a pointer
  * stays valid for the rest of any callback that closed it.
  *
- * Threading mode keeps the socket here, on the loop: reads append to the
- * request side's input queue (reqio.c) and stop above its high mark; a
- * worker sends directly while nothing is queued, and otherwise its writes
- * collect in the output queue and one mailbox message asks the loop to
- * send them. set_closing tells the worker (io->shut) before the loop shuts
- * down or closes the descriptor. The connection is freed when both its handles
+ * Threading mode: while the handler runs, its worker reads the socket
+ * itself (reqio.c) and the loop does not; the worker sends directly while
+ * nothing is queued, and otherwise its writes collect in the output queue
+ * and one mailbox message asks the loop to send them. A receive or send
+ * the worker sees fail posts the error (io->failed) and the loop closes
+ * with it. set_closing takes the socket back (io->shut, and a wake-up for
+ * a worker waiting in poll) before the loop reads it for the FIN, shuts it
+ * down or closes it; an idle timeout due looks at the worker's last byte
+ * (io->direct_ms) first. The connection is freed when both its handles
  * are closed and its worker has reported the request done (`worker_ref`),
  * so neither side ever holds a freed pointer. Sync mode runs the whole
  * request inside the accept callback with fd-direct I/O and then hands the
@@ -420,8 +423,30 @@ static void on_alloc(uv_handle_t* handle, size_t size, uv_buf_t* buf) {
 }
 
 
-/* The loop reads a blocking-mode connection only once it is closing (a
- * threading worker, a sync handler reads it itself before that). */
+/* Threading: what the loop read for a worker waiting cold (reqio.c:
+ * io->loop_reads) goes to its input queue, and the socket is the worker's
+ * again. One read at a time, so the queue holds at most one read buffer. */
+static void worker_data(uvs_conn_t* conn, const char* data, size_t len) {
+  uvs__io_t* io = conn->io;
+  int r = 0;
+
+  uv_read_stop(&conn->h.stream);
+  conn->worker_read = false;
+  uv_mutex_lock(&io->lock);
+  if (len > 0)
+    r = uvs__buf_append(&io->in, data, len);
+  else
+    io->eof = true;
+  io->loop_reads = false;
+  uv_cond_broadcast(&io->cond);
+  uv_mutex_unlock(&io->lock);
+  if (r != 0)
+    uvs__conn_close_now(conn, r);
+}
+
+
+/* Otherwise the loop reads a blocking-mode connection only once it is
+ * closing (a sync handler reads it itself before that). */
 static void on_eof(uvs_conn_t* conn) {
   uvs_server_t* server = conn->server;
 
@@ -429,6 +454,10 @@ static void on_eof(uvs_conn_t* conn) {
   if (conn->closing) {
     if (conn->shut_done)
       uvs__conn_close_now(conn, 0);
+    return;
+  }
+  if (conn->io != NULL) {
+    worker_data(conn, NULL, 0);
     return;
   }
   if (server->handler.on_eof != NULL) {
@@ -451,6 +480,10 @@ static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     if (conn->closing)
       return;
     uvs__timeout_arm(conn, UVS__TIMEOUT_IDLE);
+    if (conn->io != NULL) {
+      worker_data(conn, buf->base, (size_t) nread);
+      return;
+    }
     if (server->handler.on_data == NULL)
       return;
     uvs__callback_depth++;
@@ -817,7 +850,7 @@ static void close_graceful(uvs_conn_t* conn) {
   /* Read (and discard) so the peer's FIN is seen, also when reading was
    * paused by the handler (event mode) or was the worker's (threading
    * mode: set_closing took the socket back). */
-  if (!conn->eof &&
+  if (!conn->eof && !conn->worker_read &&
       (conn->read_paused || (conn->io != NULL && conn->io->threaded))) {
     uv_read_start(&conn->h.stream, on_alloc, on_read);
   }
@@ -1018,6 +1051,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   uvs__chunk_t* chunks = NULL;
   size_t len = 0;
   int failed;
+  bool read;
   bool close;
   bool abort;
   bool over;
@@ -1044,6 +1078,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   }
   failed = io->failed;
   io->failed = 0;
+  read = io->loop_reads && !conn->worker_read;
   close = io->want_close;
   abort = io->want_abort;
   over = io->over_cap;
@@ -1054,6 +1089,13 @@ static void on_conn_msg(uvs__msg_t* msg) {
 
   if (chunks != NULL)
     send_chunks(conn, chunks);
+  if (read && !conn->closing) {
+    int r = uv_read_start(&conn->h.stream, on_alloc, on_read);
+    if (r != 0)
+      uvs__conn_close_now(conn, r);
+    else
+      conn->worker_read = true;
+  }
   if (failed != 0)
     uvs__conn_close_now(conn, failed);
   else if (abort && over)

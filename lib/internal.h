@@ -575,6 +575,8 @@ typedef struct uvs__io_s {
   bool eof;           /* the peer's FIN follows the bytes in `in` */
   bool polling;       /* threading: the worker waits in poll(2) for input */
   bool drained;       /* threading: the worker's last recv emptied the socket */
+  bool loop_reads;    /* threading: the worker waits cold; the loop reads
+                       * once for it into `in` (only it takes bytes) */
   bool want_flush;    /* `out` has bytes for the loop */
   bool want_close;    /* uvs_conn_close from a thread */
   bool graceful;   /* ended by a graceful close: the final flush still goes */
@@ -633,6 +635,7 @@ struct uvs_conn_s {
   int pending_closes;
   uv_os_sock_t fd;
   bool worker_ref;     /* threading: a job holds the conn (loop's view) */
+  bool worker_read;    /* threading: reading once for a cold-waiting worker */
   bool loop_done;      /* every handle is closed */
   bool fd_adopted;     /* the handle owns the fd (sync: after the handler) */
   bool opened;         /* on_open ran */

@@ -50,9 +50,11 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -62,12 +64,47 @@
 
 #define NO_DEADLINE UINT64_MAX
 
-/* Without an eventfd (out of descriptors) a waiting worker looks at
- * io->error this often. */
-#define WAKE_POLL_MS 50
+/* A worker waiting for input this long without a byte hands the wait to
+ * the loop (wait_socket). */
+#define HOT_WAIT_MS 100
 
 
 /* ---- Lifecycle ------------------------------------------------------ */
+
+/* Eventfds that hot-waiting workers hold (wait_socket), in the whole
+ * process: at most a quarter of RLIMIT_NOFILE, so they never take many of
+ * the descriptors accept needs. Past that, or when eventfd fails, a wait
+ * is cold from the start. */
+static _Atomic unsigned live_wake_fds;
+
+static int make_wake_fd(void) {
+  struct rlimit lim;
+  unsigned budget = UINT_MAX;
+  int fd;
+
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+      lim.rlim_cur / 4 < UINT_MAX) {
+    budget = (unsigned) (lim.rlim_cur / 4);
+  }
+  if (atomic_fetch_add(&live_wake_fds, 1) >= budget) {
+    atomic_fetch_sub(&live_wake_fds, 1);
+    return -1;
+  }
+  fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0)
+    atomic_fetch_sub(&live_wake_fds, 1);
+  return fd;
+}
+
+
+static void drop_wake_fd(uvs__io_t* io) {
+  if (io->wake_fd < 0)
+    return;
+  close(io->wake_fd);
+  io->wake_fd = -1;
+  atomic_fetch_sub(&live_wake_fds, 1);
+}
+
 
 int uvs__reqio_new(uvs_conn_t* conn) {
   const uvs_server_t* server = conn->server;
@@ -127,8 +164,7 @@ int uvs__reqio_new_datagram(uvs_conn_t* conn, const char* data, size_t len) {
 
 
 void uvs__reqio_free(uvs__io_t* io) {
-  if (io->wake_fd >= 0)
-    close(io->wake_fd);
+  drop_wake_fd(io);
   uvs__buf_clear(&io->in);
   uvs__buf_clear(&io->out);
   uvs__free(io->wbuf);
@@ -177,10 +213,7 @@ int uvs__reqio_run(uvs_conn_t* conn) {
 
   /* A server closed without waiting for us is no longer ours to call. */
   uv_mutex_lock(&io->lock);
-  if (io->wake_fd >= 0) {
-    close(io->wake_fd); /* no wait can follow: nothing writes it now */
-    io->wake_fd = -1;
-  }
+  drop_wake_fd(io); /* no wait can follow: nothing writes it now */
   orphaned = io->orphaned;
   cancelled = io->error == UV_ECANCELED;
   timed_out = io->error == UV_ETIMEDOUT;
@@ -221,11 +254,11 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
 
 /* ---- Threading: waking a waiting worker ------------------------------ */
 
-/* A request's worker makes one eventfd the first time it waits for input
- * and closes it when the request ends (uvs__reqio_run): a descriptor per
- * running request that has waited, none for an idle connection or an
- * idle worker. Out of descriptors, the wait looks at io->error every
- * WAKE_POLL_MS instead. */
+/* A request's worker makes one eventfd when it starts a hot wait for input
+ * and closes it when the wait turns cold or the request ends
+ * (uvs__reqio_run): a descriptor per request that received or waited in
+ * the last HOT_WAIT_MS, within the budget of make_wake_fd; none for an
+ * idle connection or an idle worker. */
 void uvs__reqio_wake(uvs__io_t* io) {
   uv_cond_broadcast(&io->cond);
   if (io->polling && io->wake_fd >= 0) {
@@ -417,16 +450,78 @@ static int fd_fill(uvs_conn_t* conn, deadline_t deadline) {
 }
 
 
+/* Threading, lock held: the worker waits for its socket, hot or cold.
+ * Hot: poll(2), without the lock, on the socket and the request's eventfd,
+ * which the loop writes to end the wait (uvs__reqio_wake). A wait longer
+ * than HOT_WAIT_MS, or one that finds no eventfd in the budget, turns
+ * cold: the eventfd is closed and the worker waits on the condition while
+ * the loop reads the socket once for it (conn.c: io->loop_reads), as an
+ * idle connection costs no descriptor beyond its socket. Returns 0 to
+ * look again, or the request timeout's error. */
+static int wait_socket(uvs_conn_t* conn, deadline_t d) {
+  uvs__io_t* io = conn->io;
+  struct pollfd pfd[2];
+  uint64_t now = uv_hrtime();
+  int ms = HOT_WAIT_MS;
+  int r;
+
+  if (d.at != NO_DEADLINE) {
+    if (now >= d.at)
+      return d.closes ? end_timed_out(conn, false) : UV_ETIMEDOUT;
+    if ((d.at - now + 999999) / 1000000 < (uint64_t) ms)
+      ms = (int) ((d.at - now + 999999) / 1000000);
+  }
+  if (!io->loop_reads && io->wake_fd < 0)
+    io->wake_fd = make_wake_fd();
+  if (io->loop_reads || io->wake_fd < 0) {
+    if (!io->loop_reads) {
+      io->loop_reads = true;
+      uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+    }
+    r = cond_wait(io, d.at);
+    if (r == UV_ETIMEDOUT && d.closes)
+      return end_timed_out(conn, false);
+    return r;
+  }
+  pfd[0].fd = conn->fd;
+  pfd[0].events = POLLIN;
+  pfd[0].revents = 0;
+  pfd[1].fd = io->wake_fd;
+  pfd[1].events = POLLIN;
+  pfd[1].revents = 0;
+  io->polling = true;
+  uv_mutex_unlock(&io->lock);
+  /* A close by the loop now (which may let the descriptor's number be
+   * reused) comes with a wake-up, so this poll returns, and nothing is
+   * received before the lock is held again and io->shut checked. */
+  r = poll(pfd, 2, ms);
+  if (r > 0 && (pfd[1].revents & POLLIN)) {
+    uint64_t count;
+    ssize_t ignored = read(pfd[1].fd, &count, sizeof(count));
+    (void) ignored;
+  }
+  uv_mutex_lock(&io->lock);
+  io->polling = false;
+  /* Quiet for a while, and no deadline reached: turn cold. */
+  if (r == 0 && ms == HOT_WAIT_MS) {
+    drop_wake_fd(io);
+    io->loop_reads = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  }
+  return 0;
+}
+
+
 /* Threading, lock held: receives up to `n` bytes (n > 0) into `dst` (with
- * MSG_PEEK, leaves them in the socket). With none there it waits in
- * poll(2), without the lock, until the socket is readable, the loop wakes
- * it (io->error, io->shut) or the deadline passes. Returns the count, 0 at
- * the peer's EOF (io->eof), or an error: the connection's end, the
- * request timeout's UV_ETIMEDOUT, or a receive error (a reset), which
- * ends the connection and asks the loop to close it. After a receive that
- * emptied the socket (fewer bytes than asked) the next one waits first:
- * in a conversation the next bytes are rarely there yet, and a recv that
- * fails with EAGAIN is a system call for nothing. */
+ * MSG_PEEK, leaves them in the socket), waiting with wait_socket while
+ * there are none. Bytes the loop read for a cold wait come first, from
+ * io->in. Returns the count, 0 at the peer's EOF (io->eof), or an error:
+ * the connection's end, the request timeout's UV_ETIMEDOUT, or a receive
+ * error (a reset), which ends the connection and asks the loop to close
+ * it. After a receive that emptied the socket (fewer bytes than asked)
+ * the next one waits first: in a conversation the next bytes are rarely
+ * there yet, and a recv that fails with EAGAIN is a system call for
+ * nothing. */
 static ssize_t thread_recv(uvs_conn_t* conn,
                            char* dst,
                            size_t n,
@@ -436,23 +531,28 @@ static ssize_t thread_recv(uvs_conn_t* conn,
   bool wait_first = io->drained && !(flags & MSG_PEEK);
 
   for (;;) {
-    struct pollfd pfd[2];
     ssize_t got;
-    int wake_fd;
-    int ms = -1;
     int r;
 
-    if (io->error != 0)
-      return io->error;
+    if (io->error == UV_ECANCELED)
+      return UV_ECANCELED;
+    if (io->in.len > 0) {
+      if (flags & MSG_PEEK)
+        return 1;
+      return (ssize_t) uvs__buf_read(&io->in, dst, n);
+    }
     if (io->eof)
       return 0;
+    if (io->error != 0)
+      return io->error;
     /* The loop began closing (it sets io->error first wherever a handler
      * may still run): the descriptor is no longer ours. */
     if (io->shut || io->fd_closed || io->orphaned) {
       io->error = UV_ECANCELED;
       return UV_ECANCELED;
     }
-    if (!wait_first) {
+    /* While the loop reads for us, only it may take bytes. */
+    if (!wait_first && !io->loop_reads) {
       do
         got = recv(conn->fd, dst, n, flags | MSG_DONTWAIT);
       while (got < 0 && errno == EINTR);
@@ -476,38 +576,9 @@ static ssize_t thread_recv(uvs_conn_t* conn,
       }
     }
     wait_first = false;
-    if (d.at != NO_DEADLINE) {
-      uint64_t now = uv_hrtime();
-      uint64_t left;
-      if (now >= d.at)
-        return d.closes ? end_timed_out(conn, false) : UV_ETIMEDOUT;
-      left = (d.at - now + 999999) / 1000000;
-      ms = left > INT_MAX ? INT_MAX : (int) left;
-    }
-    if (io->wake_fd < 0)
-      io->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    wake_fd = io->wake_fd;
-    if (wake_fd < 0 && (ms < 0 || ms > WAKE_POLL_MS))
-      ms = WAKE_POLL_MS;
-    pfd[0].fd = conn->fd;
-    pfd[0].events = POLLIN;
-    pfd[0].revents = 0;
-    pfd[1].fd = wake_fd;
-    pfd[1].events = POLLIN;
-    pfd[1].revents = 0;
-    io->polling = true;
-    uv_mutex_unlock(&io->lock);
-    /* A close by the loop now (which may let the descriptor's number be
-     * reused) comes with a wake-up, so this poll returns, and nothing is
-     * received before the lock is held again and io->shut checked. */
-    r = poll(pfd, wake_fd >= 0 ? 2 : 1, ms);
-    if (r > 0 && (pfd[1].revents & POLLIN)) {
-      uint64_t count;
-      ssize_t ignored = read(wake_fd, &count, sizeof(count));
-      (void) ignored;
-    }
-    uv_mutex_lock(&io->lock);
-    io->polling = false;
+    r = wait_socket(conn, d);
+    if (r != 0)
+      return r;
   }
 }
 

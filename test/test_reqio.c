@@ -1117,6 +1117,51 @@ static void idle_counts_from_last_byte(void) {
 }
 
 
+/* Waits up to `ms` for the process to hold `want` descriptors. */
+static bool fds_become(int want, int ms) {
+  uint64_t end = test_now_ms() + (uint64_t) ms;
+  while (test_count_fds() != want) {
+    if (test_now_ms() > end)
+      return false;
+    sleep_ms(5);
+  }
+  return true;
+}
+
+/* Threading: a worker waiting for input holds an eventfd (so the loop can
+ * wake it) only while the wait is hot; after a quiet spell it closes it
+ * and the loop reads for it. Bytes arrive intact either way, so an idle
+ * connection costs no descriptor beyond its socket. */
+static void cold_wait_frees_eventfd(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  char got[2];
+  int cold;
+  int fd;
+  int i;
+
+  config_for(&config, UVS_MODE_THREADING);
+  start(&fx, &ctx, echo_until_end_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  sleep_ms(400); /* accepted, waiting, cold by now */
+  cold = test_count_fds();
+  for (i = 0; i < 3; i++) {
+    test_send_all(fd, "ab", 2);
+    ASSERT_EQ(test_recv_n(fd, got, 2, IO_TIMEOUT), 2);
+    ASSERT_EQ(memcmp(got, "ab", 2), 0);
+    /* Waiting hot again: one more descriptor, gone after the spell. */
+    ASSERT_TRUE(fds_become(cold + 1, 90));
+    ASSERT_TRUE(fds_become(cold, 2000));
+  }
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(ctx.result, 0);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
 /* Sends after the peer's reset has arrived. */
 static int send_after_reset_handle(uvs_conn_t* conn) {
   ctx_t* ctx = ctx_of(conn);
@@ -1643,6 +1688,7 @@ static const test_case_t cases[] = {
   { "direct_send_keeps_order", direct_send_keeps_order },
   { "direct_sends_are_not_idle", direct_sends_are_not_idle },
   { "idle_counts_from_last_byte", idle_counts_from_last_byte },
+  { "cold_wait_frees_eventfd", cold_wait_frees_eventfd },
   { "direct_send_sees_reset", direct_send_sees_reset },
   { "event_mode_enotsup", event_mode_enotsup },
   { "backpressure_64mib", backpressure_64mib },
