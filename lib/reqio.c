@@ -10,21 +10,23 @@
  *   loop does not read it until the connection closes. A read receives
  *   straight into the caller's buffer (recv with MSG_DONTWAIT, under the
  *   lock); with nothing there the worker waits in poll(2), without the
- *   lock, on the socket and on its thread's eventfd, which the loop
- *   writes to end the wait (a close, a timeout, a drain: io->error). Only
- *   readline can take bytes past its line; they wait in io->in, so uvs
- *   holds at most one line buffer of input and TCP flow control does the
- *   rest. Output goes straight to the socket too (send with MSG_DONTWAIT,
- *   under the lock) when nothing is queued ahead of it; what the socket
- *   does not take is appended to the output queue and one mailbox message
- *   asks the loop to send it, and uvs_sendall waits while more than
- *   output_high bytes are unsent. Going through the loop cost two thread
- *   switches per read and per write, most of a small echo's time. The
- *   loop sets io->shut under the lock (and wakes the worker) before it
- *   shuts down or closes the descriptor, so no direct recv or send
- *   reaches a closed or reused descriptor or follows our FIN, and
- *   io->inflight keeps a direct send from overtaking queued bytes; writes
- *   from other threads (fan-out) always queue.
+ *   lock, on the socket and on the request's eventfd, which the loop
+ *   writes to end the wait (a close, a timeout, a drain: io->error). A
+ *   wait quiet for HOT_WAIT_MS turns cold: the eventfd is closed and the
+ *   loop reads once for the worker into io->in (wait_socket). Readline
+ *   keeps bytes past its line in io->in too, so uvs holds at most one read
+ *   or line buffer of input and TCP flow control does the rest. Output
+ *   goes straight to the socket too (send with MSG_DONTWAIT, under the
+ *   lock) when nothing is queued ahead of it; what the socket does not
+ *   take is appended to the output queue and one mailbox message asks the
+ *   loop to send it, and uvs_sendall waits while more than output_high
+ *   bytes are unsent. Going through the loop cost two thread switches per
+ *   read and per write, most of a small echo's time. The loop sets
+ *   io->shut under the lock (and wakes the worker) before it shuts down or
+ *   closes the descriptor, so no direct recv or send reaches a closed or
+ *   reused descriptor or follows our FIN, and io->inflight keeps a direct
+ *   send from overtaking queued bytes; writes from other threads (fan-out)
+ *   always queue.
  * - sync: the handler runs on the loop thread, so it reads and writes the
  *   descriptor itself, waiting in poll(2); reads go through the input queue
  *   too, so readline may read past a line without losing bytes.
