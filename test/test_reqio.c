@@ -27,6 +27,7 @@
 #include "internal.h"
 
 #include <stdatomic.h>
+#include <sys/resource.h>
 
 #define IO_TIMEOUT 5000  /* ms: handler I/O and client reads */
 #define WAIT_MS    10000 /* ms: a step that does not come fails the case */
@@ -1117,10 +1118,34 @@ static void idle_counts_from_last_byte(void) {
 }
 
 
-/* Waits up to `ms` for the process to hold `want` descriptors. */
-static bool fds_become(int want, int ms) {
+/* The process's eventfds, by their /proc link. The directory is opened
+ * beforehand, so counting opens no descriptor while workers open and
+ * close theirs (a number reused across threads without a lock is a race
+ * to ThreadSanitizer). */
+static int count_eventfds(DIR* dir) {
+  struct dirent* ent;
+  char link[64];
+  int n = 0;
+
+  rewinddir(dir);
+  while ((ent = readdir(dir)) != NULL) {
+    ssize_t len;
+    if (ent->d_name[0] == '.')
+      continue;
+    len = readlinkat(dirfd(dir), ent->d_name, link, sizeof(link) - 1);
+    if (len <= 0)
+      continue;
+    link[len] = '\0';
+    if (strcmp(link, "anon_inode:[eventfd]") == 0)
+      n++;
+  }
+  return n;
+}
+
+/* Waits up to `ms` for the process to hold `want` eventfds. */
+static bool eventfds_become(DIR* dir, int want, int ms) {
   uint64_t end = test_now_ms() + (uint64_t) ms;
-  while (test_count_fds() != want) {
+  while (count_eventfds(dir) != want) {
     if (test_now_ms() > end)
       return false;
     sleep_ms(5);
@@ -1137,28 +1162,115 @@ static void cold_wait_frees_eventfd(void) {
   fixture_t fx;
   ctx_t ctx;
   char got[2];
+  DIR* dir;
   int cold;
   int fd;
   int i;
 
+  dir = opendir("/proc/self/fd");
+  ASSERT_NOT_NULL(dir);
   config_for(&config, UVS_MODE_THREADING);
   start(&fx, &ctx, echo_until_end_handle, &config, 1);
   fd = test_connect("127.0.0.1", fx.port);
   sleep_ms(400); /* accepted, waiting, cold by now */
-  cold = test_count_fds();
+  cold = count_eventfds(dir);
   for (i = 0; i < 3; i++) {
     test_send_all(fd, "ab", 2);
     ASSERT_EQ(test_recv_n(fd, got, 2, IO_TIMEOUT), 2);
     ASSERT_EQ(memcmp(got, "ab", 2), 0);
-    /* Waiting hot again: one more descriptor, gone after the spell. */
-    ASSERT_TRUE(fds_become(cold + 1, 90));
-    ASSERT_TRUE(fds_become(cold, 2000));
+    /* Waiting hot again: one more eventfd, gone after the spell. */
+    ASSERT_TRUE(eventfds_become(dir, cold + 1, 90));
+    ASSERT_TRUE(eventfds_become(dir, cold, 2000));
   }
   close(fd);
   wait_step(&ctx.handled, 1);
   ASSERT_EQ(ctx.result, 0);
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   stop(&fx);
+  closedir(dir);
+}
+
+
+#define BUDGET_CONNS 48
+
+/* Echoes until the connection ends; many run at once. */
+static int echo_many_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+  ssize_t n;
+
+  while ((n = uvs_recv(conn, buf, sizeof(buf))) > 0) {
+    if (uvs_sendall(conn, buf, (size_t) n) != 0)
+      break;
+  }
+  if (n < 0)
+    atomic_fetch_add(&ctx->errors, 1);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+/* Threading: the eventfds of hot waits stay within a quarter of
+ * RLIMIT_NOFILE, so they cannot take the descriptors accept needs; a
+ * request past the budget waits cold from the start and is served all
+ * the same. The clients connect before the server runs, so the test
+ * thread opens no descriptor while workers open theirs. */
+static void wake_fds_within_budget(void) {
+  struct rlimit old;
+  struct rlimit lim;
+  uvs_config_t config;
+  int fds[BUDGET_CONNS];
+  fixture_t fx;
+  ctx_t ctx;
+  uint64_t end;
+  DIR* dir;
+  int budget;
+  int base;
+  int most = 0;
+  int i;
+
+  dir = opendir("/proc/self/fd");
+  ASSERT_NOT_NULL(dir);
+  config_for(&config, UVS_MODE_THREADING);
+  start(&fx, &ctx, echo_many_handle, &config, 0);
+  for (i = 0; i < BUDGET_CONNS; i++)
+    fds[i] = test_connect("127.0.0.1", fx.port);
+  base = count_eventfds(dir);
+  /* Room for the accepted sockets, libuv's reserve descriptor and the
+   * budget itself (a quarter of the limit), which falls short of the
+   * connections. */
+  ASSERT_OK(getrlimit(RLIMIT_NOFILE, &old));
+  lim = old;
+  lim.rlim_cur = (rlim_t) ((test_count_fds() + BUDGET_CONNS + 8) * 4 / 3 + 4);
+  ASSERT_OK(setrlimit(RLIMIT_NOFILE, &lim));
+  budget = (int) (lim.rlim_cur / 4);
+  ASSERT_LT(budget, BUDGET_CONNS);
+  ASSERT_OK(pthread_create(&fx.thread, NULL, serve_main, &fx));
+  /* Every handler waits for input; count the eventfds for a while. */
+  end = test_now_ms() + 300;
+  while (test_now_ms() < end) {
+    int hot = count_eventfds(dir) - base;
+    if (hot > most)
+      most = hot;
+    sleep_ms(2);
+  }
+  printf("# at most %d eventfds, budget %d\n", most, budget);
+  ASSERT_LE(most, budget);
+  ASSERT_GT(most, 0);
+  for (i = 0; i < BUDGET_CONNS; i++) {
+    char got[3];
+    test_send_all(fds[i], "xyz", 3);
+    ASSERT_EQ(test_recv_n(fds[i], got, 3, IO_TIMEOUT), 3);
+    ASSERT_EQ(memcmp(got, "xyz", 3), 0);
+  }
+  /* Every wait cold again before the clients go. */
+  ASSERT_TRUE(eventfds_become(dir, base, 2000));
+  for (i = 0; i < BUDGET_CONNS; i++)
+    close(fds[i]);
+  wait_step(&ctx.handled, BUDGET_CONNS);
+  ASSERT_OK(setrlimit(RLIMIT_NOFILE, &old));
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+  closedir(dir);
 }
 
 
@@ -1689,6 +1801,7 @@ static const test_case_t cases[] = {
   { "direct_sends_are_not_idle", direct_sends_are_not_idle },
   { "idle_counts_from_last_byte", idle_counts_from_last_byte },
   { "cold_wait_frees_eventfd", cold_wait_frees_eventfd },
+  { "wake_fds_within_budget", wake_fds_within_budget },
   { "direct_send_sees_reset", direct_send_sees_reset },
   { "event_mode_enotsup", event_mode_enotsup },
   { "backpressure_64mib", backpressure_64mib },
