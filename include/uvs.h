@@ -811,10 +811,12 @@ UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
  * (config->request_timeout_ms, uvs_conn_set_timeout) and then fails with
  * UV_ETIMEDOUT. When the server closes the connection a blocked call
  * returns UV_ECANCELED at once; after a reset or a send error calls fail
- * with that error (received bytes are still read first). In threading
- * mode the socket stays in the loop and these calls never touch it; in
- * sync mode and in a forked child they use the descriptor directly. In
- * event mode they return UV_ENOTSUP. */
+ * with that error (received bytes are still read first). They use the
+ * descriptor directly: in threading mode with non-blocking calls under
+ * the connection's lock while the loop lets the worker have the socket
+ * (a blocked read stays wakeable by the loop), in sync mode and in a
+ * forked child with blocking ones. In event mode they return
+ * UV_ENOTSUP. */
 
 /** Reads up to `n` bytes into `buf`, waiting until at least one is there.
  * Returns the count, 0 at the peer's EOF (or for n == 0), or an error.

@@ -437,6 +437,10 @@ static void worker_data(uvs_conn_t* conn, const char* data, size_t len) {
     r = uvs__buf_append(&io->in, data, len);
   else
     io->eof = true;
+  /* Bytes dropped for lack of memory: the stream cannot go on, and the
+   * worker must not receive what follows them. */
+  if (r != 0 && io->error == 0)
+    io->error = r;
   io->loop_reads = false;
   uv_cond_broadcast(&io->cond);
   uv_mutex_unlock(&io->lock);
@@ -933,6 +937,10 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
     uv_mutex_lock(&conn->io->lock);
     since = conn->io->direct_ms;
     uv_mutex_unlock(&conn->io->lock);
+    /* The worker's clock ran ahead of the loop's cached one: keep the
+     * queue's deadlines in order (up to a loop iteration earlier). */
+    if (since > uv_now(server->loop))
+      since = uv_now(server->loop);
     if (since + server->timeout_ms[kind] > uv_now(server->loop)) {
       uvs__timeout_arm_since(conn, kind, since);
       return;

@@ -504,8 +504,10 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
   }
   uv_mutex_lock(&io->lock);
   io->polling = false;
-  /* Quiet for a while, and no deadline reached: turn cold. */
-  if (r == 0 && ms == HOT_WAIT_MS) {
+  /* Quiet for a while, no deadline reached, and (the lock was let go)
+   * still ours to wait on: turn cold. */
+  if (r == 0 && ms == HOT_WAIT_MS && io->error == 0 && !io->shut &&
+      !io->fd_closed && !io->orphaned) {
     drop_wake_fd(io);
     io->loop_reads = true;
     uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
@@ -516,8 +518,10 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
 
 /* Threading, lock held: receives up to `n` bytes (n > 0) into `dst` (with
  * MSG_PEEK, leaves them in the socket), waiting with wait_socket while
- * there are none. Bytes the loop read for a cold wait come first, from
- * io->in. Returns the count, 0 at the peer's EOF (io->eof), or an error:
+ * there are none. Bytes the loop read for a cold wait land in io->in:
+ * then it returns 0 with `*queued` set, and the caller reads the queue
+ * (they come before anything still in the socket). Otherwise it returns
+ * the count, 0 at the peer's EOF (io->eof), or an error:
  * the connection's end, the request timeout's UV_ETIMEDOUT, or a receive
  * error (a reset), which ends the connection and asks the loop to close
  * it. After a receive that emptied the socket (fewer bytes than asked)
@@ -528,10 +532,14 @@ static ssize_t thread_recv(uvs_conn_t* conn,
                            char* dst,
                            size_t n,
                            int flags,
-                           deadline_t d) {
+                           deadline_t d,
+                           bool* queued) {
   uvs__io_t* io = conn->io;
-  bool wait_first = io->drained && !(flags & MSG_PEEK);
+  /* Past the deadline a read still takes what is there. */
+  bool wait_first = io->drained && !(flags & MSG_PEEK) &&
+                    (d.at == NO_DEADLINE || uv_hrtime() < d.at);
 
+  *queued = false;
   for (;;) {
     ssize_t got;
     int r;
@@ -539,9 +547,8 @@ static ssize_t thread_recv(uvs_conn_t* conn,
     if (io->error == UV_ECANCELED)
       return UV_ECANCELED;
     if (io->in.len > 0) {
-      if (flags & MSG_PEEK)
-        return 1;
-      return (ssize_t) uvs__buf_read(&io->in, dst, n);
+      *queued = true;
+      return 0;
     }
     if (io->eof)
       return 0;
@@ -600,9 +607,13 @@ static int wait_input(uvs_conn_t* conn, deadline_t deadline) {
     if (io->error != 0)
       return io->error;
     if (io->threaded) {
+      bool queued;
       char c;
       /* A datagram request's input is all queued, EOF included. */
-      return (int) thread_recv(conn, &c, 1, MSG_PEEK, deadline);
+      r = (int) thread_recv(conn, &c, 1, MSG_PEEK, deadline, &queued);
+      if (queued)
+        continue;
+      return r;
     }
     r = fd_fill(conn, deadline);
     if (r != 0)
@@ -624,7 +635,10 @@ static ssize_t take_input(uvs_conn_t* conn,
 
   if (io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
       !io->eof) {
-    return thread_recv(conn, dst, n, 0, deadline);
+    bool queued;
+    r = thread_recv(conn, dst, n, 0, deadline, &queued);
+    if (!queued)
+      return r;
   }
   r = wait_input(conn, deadline);
   if (r > 0)
@@ -736,8 +750,12 @@ ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
   /* Bytes move into the caller's buffer as they arrive, so a long line
    * never grows the queue. */
   while (!newline && done < size - 1) {
-    if (io->threaded && io->in.len == 0) {
-      r = take_input(conn, buf + done, size - 1 - done, deadline);
+    if (io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
+        !io->eof) {
+      bool queued;
+      r = thread_recv(conn, buf + done, size - 1 - done, 0, deadline, &queued);
+      if (queued)
+        continue; /* a cold wait's read: the queue's path below */
       if (r <= 0)
         break;
       r = line_end(conn, buf + done, (size_t) r, &newline);

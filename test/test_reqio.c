@@ -1191,6 +1191,86 @@ static void cold_wait_frees_eventfd(void) {
 }
 
 
+/* Echoes line by line through an 8-byte line buffer. */
+static int small_lines_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char line[8];
+  ssize_t n;
+
+  while ((n = uvs_readline(conn, line, sizeof(line))) > 0) {
+    if (uvs_sendall(conn, line, (size_t) n) != 0)
+      break;
+  }
+  ctx->result = n;
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+/* Threading: lines that arrive together after a cold wait (the loop read
+ * them, more than one line buffer) come back in order. readline once put
+ * the bytes past its line behind the rest of that read. */
+static void readline_after_cold_wait(void) {
+  static const char lines[] = "ab\ncd\nef\ngh\n";
+  char got[sizeof(lines) - 1];
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  start(&fx, &ctx, small_lines_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  sleep_ms(300); /* the handler's wait turns cold */
+  test_send_all(fd, lines, sizeof(lines) - 1);
+  ASSERT_EQ(test_recv_n(fd, got, sizeof(got), IO_TIMEOUT),
+            (ssize_t) sizeof(got));
+  ASSERT_EQ(memcmp(got, lines, sizeof(got)), 0);
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(ctx.result, 0);
+  stop(&fx);
+}
+
+
+/* Reads one byte, then (told the rest is there) reads again with a zero
+ * request timeout. */
+static int zero_timeout_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[16];
+
+  ASSERT_EQ(uvs_recv(conn, buf, sizeof(buf)), 1);
+  step(&ctx->server_step, 1);
+  wait_step(&ctx->client_step, 1);
+  ASSERT_OK(uvs_conn_set_timeout(conn, 0));
+  ctx->result = uvs_recv(conn, buf, sizeof(buf));
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+/* Threading: a read with a zero timeout returns the bytes already there.
+ * After a receive that emptied the socket, the next one waits first; at a
+ * deadline already past it must still look. */
+static void zero_timeout_reads_what_is_there(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  start(&fx, &ctx, zero_timeout_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  test_send_all(fd, "x", 1);
+  wait_step(&ctx.server_step, 1);
+  test_send_all(fd, "yz", 2);
+  sleep_ms(50); /* arrived */
+  step(&ctx.client_step, 1);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(ctx.result, 2);
+  close(fd);
+  stop(&fx);
+}
+
+
 #define BUDGET_CONNS 48
 
 /* Echoes until the connection ends; many run at once. */
@@ -1802,6 +1882,8 @@ static const test_case_t cases[] = {
   { "idle_counts_from_last_byte", idle_counts_from_last_byte },
   { "cold_wait_frees_eventfd", cold_wait_frees_eventfd },
   { "wake_fds_within_budget", wake_fds_within_budget },
+  { "readline_after_cold_wait", readline_after_cold_wait },
+  { "zero_timeout_reads_what_is_there", zero_timeout_reads_what_is_there },
   { "direct_send_sees_reset", direct_send_sees_reset },
   { "event_mode_enotsup", event_mode_enotsup },
   { "backpressure_64mib", backpressure_64mib },
