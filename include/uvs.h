@@ -252,8 +252,9 @@ typedef struct uvs_config_s {
    * reset and on_close gets UV_ETIMEDOUT. Milliseconds, default 30000; 0:
    * no limit. */
   uint64_t close_timeout_ms;
-  /* Size of the server's one read buffer that every connection reads
-   * into (an idle connection holds none). Default 65536. */
+  /* Size of the server's one read buffer that the loop reads every
+   * connection into (an idle connection holds none; a threading handler's
+   * reads receive into its own buffer). Default 65536. */
   size_t read_buffer_size;
   /* After accept (or a datagram receive) fails for lack of descriptors
    * or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), accepting pauses this

@@ -933,15 +933,16 @@ void uvs__conn_timed_out(uvs_conn_t* conn, int kind) {
    * not see: the idle time counts from the last of them. */
   if (kind == UVS__TIMEOUT_IDLE && conn->io != NULL && conn->io->threaded &&
       !conn->dgram) {
+    uint64_t now = uv_now(server->loop);
     uint64_t since;
     uv_mutex_lock(&conn->io->lock);
     since = conn->io->direct_ms;
     uv_mutex_unlock(&conn->io->lock);
     /* The worker's clock ran ahead of the loop's cached one: keep the
      * queue's deadlines in order (up to a loop iteration earlier). */
-    if (since > uv_now(server->loop))
-      since = uv_now(server->loop);
-    if (since + server->timeout_ms[kind] > uv_now(server->loop)) {
+    if (since > now)
+      since = now;
+    if (since + server->timeout_ms[kind] > now) {
       uvs__timeout_arm_since(conn, kind, since);
       return;
     }

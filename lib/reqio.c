@@ -3,9 +3,9 @@
  * Blocking requests: the handler lifecycle (setup, handle, finish) and the
  * request I/O a handler uses, socketserver's rfile and wfile.
  *
- * Both blocking modes read through the same input queue, so recv,
- * read_exact and readline are written once; they differ only in how more
- * input arrives and how output leaves:
+ * Both blocking modes share recv, read_exact and readline and the input
+ * queue behind them (what a read took past what its caller wanted); they
+ * differ only in how more input arrives and how output leaves:
  * - threading: the worker reads its own socket while its handler runs; the
  *   loop does not read it until the connection closes. A read receives
  *   straight into the caller's buffer (recv with MSG_DONTWAIT, under the
@@ -256,6 +256,14 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
 
 /* ---- Threading: waking a waiting worker ------------------------------ */
 
+/* Threading, lock held: the descriptor is still the worker's to receive
+ * from, send on or wait on. The loop sets io->fd_closed or io->shut under
+ * the lock before it reads it for the FIN, shuts it down or closes it,
+ * and io->orphaned after. */
+static bool socket_ours(const uvs__io_t* io) {
+  return !io->shut && !io->fd_closed && !io->orphaned;
+}
+
 /* A request's worker makes one eventfd when it starts a hot wait for input
  * and closes it when the wait turns cold or the request ends
  * (uvs__reqio_run): a descriptor per request that received or waited in
@@ -468,10 +476,12 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
   int r;
 
   if (d.at != NO_DEADLINE) {
+    uint64_t left;
     if (now >= d.at)
       return d.closes ? end_timed_out(conn, false) : UV_ETIMEDOUT;
-    if ((d.at - now + 999999) / 1000000 < (uint64_t) ms)
-      ms = (int) ((d.at - now + 999999) / 1000000);
+    left = (d.at - now + 999999) / 1000000; /* rounded up */
+    if (left < (uint64_t) ms)
+      ms = (int) left;
   }
   if (!io->loop_reads && io->wake_fd < 0)
     io->wake_fd = make_wake_fd();
@@ -506,8 +516,7 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
   io->polling = false;
   /* Quiet for a while, no deadline reached, and (the lock was let go)
    * still ours to wait on: turn cold. */
-  if (r == 0 && ms == HOT_WAIT_MS && io->error == 0 && !io->shut &&
-      !io->fd_closed && !io->orphaned) {
+  if (r == 0 && ms == HOT_WAIT_MS && io->error == 0 && socket_ours(io)) {
     drop_wake_fd(io);
     io->loop_reads = true;
     uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
@@ -555,8 +564,8 @@ static ssize_t thread_recv(uvs_conn_t* conn,
     if (io->error != 0)
       return io->error;
     /* The loop began closing (it sets io->error first wherever a handler
-     * may still run): the descriptor is no longer ours. */
-    if (io->shut || io->fd_closed || io->orphaned) {
+     * may still run). */
+    if (!socket_ours(io)) {
       io->error = UV_ECANCELED;
       return UV_ECANCELED;
     }
@@ -870,8 +879,8 @@ static ssize_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
   uvs__io_t* io = conn->io;
   ssize_t n;
 
-  if (io->out.len > 0 || io->inflight > 0 || io->error != 0 || io->shut ||
-      io->fd_closed || io->orphaned) {
+  if (io->out.len > 0 || io->inflight > 0 || io->error != 0 ||
+      !socket_ours(io)) {
     return 0;
   }
   if (len > io->output_high)

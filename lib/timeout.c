@@ -14,10 +14,11 @@
  * only the queue heads matter. One uv_timer_t per server fires at the
  * earliest head; it is moved earlier when needed and never later (a
  * head re-armed meanwhile just makes it fire early, find nothing due, and
- * re-aim). A deadline measured from a moment in the past (a threading
- * worker's own I/O, which the loop learns of only when the timeout comes
- * due) is inserted in order from the tail; only a few entries re-armed
- * since that moment are passed over. Loop thread only.
+ * re-aim). Insertion walks back from the tail to keep that order: a
+ * deadline from now stops at the tail at once; one measured from a moment
+ * in the past (a threading worker's own I/O, which the loop learns of
+ * only when the timeout comes due) passes over the few entries re-armed
+ * since. Loop thread only.
  */
 #include "internal.h"
 
@@ -62,20 +63,6 @@ static void aim(uvs_server_t* server, uint64_t due) {
 }
 
 
-void uvs__timeout_arm(uvs_conn_t* conn, int kind) {
-  uvs_server_t* server = conn->server;
-  uint64_t ms = server->timeout_ms[kind];
-
-  if (ms == 0 || server->closing || conn->handle_closing)
-    return;
-  if (uvs__timeout_armed(conn, kind))
-    uvs__list_remove(&conn->timeout[kind].node);
-  conn->timeout[kind].due = uv_now(server->loop) + ms;
-  uvs__list_push(&server->timeouts[kind], &conn->timeout[kind].node);
-  aim(server, conn->timeout[kind].due);
-}
-
-
 void uvs__timeout_arm_since(uvs_conn_t* conn, int kind, uint64_t since_ms) {
   uvs_server_t* server = conn->server;
   uint64_t ms = server->timeout_ms[kind];
@@ -97,6 +84,13 @@ void uvs__timeout_arm_since(uvs_conn_t* conn, int kind, uint64_t since_ms) {
   conn->timeout[kind].due = due;
   uvs__list_push(at->next, &conn->timeout[kind].node);
   aim(server, due);
+}
+
+
+/* Measured from now, the usual case: the tail is due no later, so the
+ * insertion above stops at once. */
+void uvs__timeout_arm(uvs_conn_t* conn, int kind) {
+  uvs__timeout_arm_since(conn, kind, uv_now(conn->server->loop));
 }
 
 
