@@ -10,8 +10,13 @@ thread (uvs-echo --mode thread). For each profile every round runs each
 server once, in an order that alternates from round to round (raw event
 tpc thread, then thread tpc event raw, ...), so a slow phase of a shared
 machine lands on every server alike. The table shows medians with the
-min-max over the rounds, and the ratios event/raw and thread/tpc of the
-medians, against the targets. The server and the load generator are
+min-max over the rounds. The ratios event/raw and thread/tpc are judged
+against the targets as the median of the rounds' ratios: each round runs
+the two servers of a pair back to back, so a slow phase of the machine
+(on this one whole rounds run at two thirds of the speed, for every
+server) slows both and cancels out, where a ratio of medians depends on
+how many rounds of each server landed in a slow phase. The ratio of the
+medians is shown beside it. The server and the load generator are
 pinned to different cores (taskset) unless --no-pin: on a two-core
 machine that keeps the two from trading places on one core.
 
@@ -317,8 +322,19 @@ def summarize(results):
             }
         for ratio, (a, b, targets) in TARGETS.items():
             if a in row and b in row and row[b]["msgs_per_s"] > 0:
-                value = row[a]["msgs_per_s"] / row[b]["msgs_per_s"]
-                row[ratio] = {"value": value, "target": targets.get(prof)}
+                # Each round's pair ran back to back (round_order keeps
+                # them adjacent), so a slow phase of the machine slows
+                # both: the median of the rounds' ratios cancels it,
+                # where a ratio of medians mixes phases.
+                pairs = [x["msgs_per_s"] / y["msgs_per_s"]
+                         for x, y in zip(runs[a], runs[b])
+                         if y["msgs_per_s"] > 0]
+                row[ratio] = {
+                    "value": med(pairs), "min": min(pairs),
+                    "max": max(pairs),
+                    "of_medians": row[a]["msgs_per_s"] /
+                    row[b]["msgs_per_s"],
+                    "target": targets.get(prof)}
         summary[prof] = row
     rss = {}
     for s, rs in results.get("rss", {}).items():
@@ -372,6 +388,10 @@ def table(results, summary):
                              c["cpu_us_per_msg"], 100 * c["client_load"],
                              c["errors"]))
     lines.append("")
+    lines.append("Ratios: the median of the rounds' ratios (each round "
+                 "runs the pair back to back), its min-max, and the ratio "
+                 "of the medians above.")
+    lines.append("")
     lines.append("| profile | uvs event / raw libuv | uvs thread / "
                  "thread-per-connection |")
     lines.append("| --- | --- | --- |")
@@ -382,8 +402,9 @@ def table(results, summary):
         for ratio in TARGETS:
             if ratio in row:
                 v = row[ratio]
-                cells.append("%.3f%s" % (v["value"],
-                                         verdict(v["value"], v["target"])))
+                cells.append("%.3f%s (%.2f-%.2f; %.3f)" % (
+                    v["value"], verdict(v["value"], v["target"]),
+                    v["min"], v["max"], v["of_medians"]))
             else:
                 cells.append("-")
         lines.append("| %s | %s |" % (prof, " | ".join(cells)))
