@@ -603,7 +603,9 @@ UVS_EXTERN int uvs_server_close(uvs_server_t* server, uvs_server_close_cb cb);
  * gracefully: output already queued is flushed and the peer's FIN awaited
  * for at most config->close_linger_ms more; then what is left is reset
  * (children get SIGTERM at the deadline and SIGKILL after that grace).
- * Blocked request I/O returns UV_ECANCELED at the deadline. `cb` runs on
+ * Blocked request I/O returns UV_ECANCELED at the deadline (a threading
+ * handler waiting for input without a request timeout within 100 ms of
+ * it, README "Request I/O"). `cb` runs on
  * the loop once nothing is left, never before this returns; the server
  * then only awaits uvs_server_close. Returns 0, UV_EALREADY when a drain
  * runs or ran, or UV_EINVAL (NULL `cb`, closing). */
@@ -756,7 +758,8 @@ UVS_EXTERN size_t uvs_conn_write_queue_size(const uvs_conn_t* conn);
  * follows with 0, or the error that ended it first (a send error,
  * UV_ETIMEDOUT, UV_ECANCELED when the server closes meanwhile). Returns 0
  * (also when closing already). In threading mode the handler's request I/O
- * then fails with UV_ECANCELED while its finish still runs. Threads: any in
+ * then fails with UV_ECANCELED (within 100 ms for one waiting for input
+ * without a request timeout) while its finish still runs. Threads: any in
  * threading mode; the loop's otherwise. */
 UVS_EXTERN int uvs_conn_close(uvs_conn_t* conn);
 
@@ -811,13 +814,15 @@ UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
  * this connection's handler). Each call blocks at most the request timeout
  * (config->request_timeout_ms, uvs_conn_set_timeout) and then fails with
  * UV_ETIMEDOUT. When the server closes the connection a blocked call
- * returns UV_ECANCELED at once; after a reset or a send error calls fail
+ * returns UV_ECANCELED at once (in threading mode, one waiting for input
+ * without a request timeout within 100 ms of a uvs_conn_close, a drain's
+ * deadline or the idle timeout); after a reset or a send error calls fail
  * with that error (received bytes are still read first). They use the
- * descriptor directly: in threading mode with non-blocking calls under
- * the connection's lock while the loop lets the worker have the socket
- * (a blocked read stays wakeable by the loop), in sync mode and in a
- * forked child with blocking ones. In event mode they return
- * UV_ENOTSUP. */
+ * descriptor directly: in threading mode under the connection's lock
+ * while the loop lets the worker have the socket, waiting for input in a
+ * blocking recv (no request timeout; the socket is then in blocking mode)
+ * or in poll(2), in sync mode and in a forked child with blocking calls.
+ * In event mode they return UV_ENOTSUP. */
 
 /** Reads up to `n` bytes into `buf`, waiting until at least one is there.
  * Returns the count, 0 at the peer's EOF (or for n == 0), or an error.

@@ -57,6 +57,8 @@ static void set_reset_on_close(uvs_conn_t* conn);
 static void free_conn(uvs_conn_t* conn);
 static void hand_over(uvs_conn_t* conn);
 static void dgram_done(uvs_conn_t* conn);
+static bool worker_in_recv(uvs_conn_t* conn);
+static void close_handles(uvs_conn_t* conn);
 
 /* The largest piece one uv_buf_t carries (its length is an unsigned int). */
 #define UVS__MAX_CHUNK ((size_t) 1 << 30)
@@ -240,6 +242,7 @@ static void set_closing(uvs_conn_t* conn) {
     conn->io->shut = true;
     if (conn->io->eof)
       conn->eof = true; /* the worker received the FIN */
+    uvs__reqio_nonblocking(conn->io);
     uvs__reqio_wake(conn->io);
     uv_mutex_unlock(&conn->io->lock);
   }
@@ -297,6 +300,35 @@ void uvs__conn_close_now(uvs_conn_t* conn, int status) {
     uvs__server_error(server, conn, &conn->peer, status);
   }
   notify_shutdown_request(conn);
+  if (worker_in_recv(conn)) {
+    conn->close_deferred = true; /* on_conn_msg closes */
+    return;
+  }
+  close_handles(conn);
+}
+
+
+/* Threading: a worker in a blocking recv (reqio.c) still uses the
+ * descriptor's number: closing it now could let a new connection take the
+ * number and the worker receive its bytes. Shutting the read side ends
+ * the recv at once (the socket closes now, without a linger for the
+ * peer's FIN that the shut side would spoil), and the worker posts once
+ * out (io->close_wait). */
+static bool worker_in_recv(uvs_conn_t* conn) {
+  bool in;
+  if (conn->io == NULL || !conn->io->threaded || conn->dgram)
+    return false;
+  uv_mutex_lock(&conn->io->lock);
+  in = conn->io->in_recv;
+  conn->io->close_wait = in;
+  if (in)
+    shutdown(conn->fd, SHUT_RD);
+  uv_mutex_unlock(&conn->io->lock);
+  return in;
+}
+
+
+static void close_handles(uvs_conn_t* conn) {
   if (conn->close_timer != NULL) {
     conn->pending_closes++;
     uv_close((uv_handle_t*) conn->close_timer, on_timer_closed);
@@ -1065,6 +1097,7 @@ static void on_conn_msg(uvs__msg_t* msg) {
   bool abort;
   bool over;
   bool done;
+  bool resume_close;
 
   if (conn->dgram) {
     /* A datagram request posts once: when its handler is done. */
@@ -1094,8 +1127,16 @@ static void on_conn_msg(uvs__msg_t* msg) {
   io->want_close = false;
   io->want_abort = false;
   done = io->done;
+  /* libuv's reads and writes must not block. */
+  if (chunks != NULL || read)
+    uvs__reqio_nonblocking(io);
+  resume_close = conn->close_deferred && !io->in_recv;
   uv_mutex_unlock(&io->lock);
 
+  if (resume_close) {
+    conn->close_deferred = false;
+    close_handles(conn);
+  }
   if (chunks != NULL)
     send_chunks(conn, chunks);
   if (read && !conn->closing) {

@@ -574,6 +574,14 @@ typedef struct uvs__io_s {
                        * byte either way (0: none yet), idle progress */
   bool eof;           /* the peer's FIN follows the bytes in `in` */
   bool polling;       /* threading: the worker waits in poll(2) for input */
+  bool blocking;      /* threading: the socket is in blocking mode, for the
+                       * worker's recv; the loop makes it non-blocking
+                       * before libuv reads or writes it */
+  bool rcvtimeo_set;  /* threading: SO_RCVTIMEO is HOT_WAIT_MS (reqio.c) */
+  bool in_recv;       /* threading: the worker is in (or entering) a
+                       * blocking recv: the descriptor must stay open */
+  bool close_wait;    /* threading: the loop waits for in_recv to clear
+                       * to close the descriptor (conn->close_deferred) */
   bool drained;       /* threading: the worker's last recv emptied the socket */
   bool loop_reads;    /* threading: the worker waits cold; the loop reads
                        * once for it into `in` (only it takes bytes) */
@@ -643,7 +651,9 @@ struct uvs_conn_s {
   bool read_paused;    /* by uvs_conn_read_stop */
   bool closing;        /* graceful close or abort under way */
   bool shut_done;      /* our FIN is out: everything was sent */
-  bool handle_closing; /* uv_close called */
+  bool handle_closing; /* uv_close called, or deferred (close_deferred) */
+  bool close_deferred; /* threading: uv_close waits for the worker to leave
+                        * a blocking recv (io->in_recv) */
   bool shutdown_notified;
   bool request_pending; /* uvs_conn_request_pending: read timeout runs */
   bool dgram;  /* a datagram request: no handle, `fd` is the server's */
@@ -706,8 +716,11 @@ int uvs__reqio_run(uvs_conn_t* conn);
 /* The loop closes a threading connection: wakes the handler with `err`. */
 void uvs__reqio_cancel(uvs_conn_t* conn, int err);
 /* Threading, lock held: wakes the handler from any wait (input, room), to
- * look at io->error again. */
+ * look at io->error again; a blocking recv sees it within HOT_WAIT_MS. */
 void uvs__reqio_wake(uvs__io_t* io);
+/* Threading, lock held, loop thread: the socket back in non-blocking mode
+ * before libuv reads or writes it. */
+void uvs__reqio_nonblocking(uvs__io_t* io);
 /* uvs_conn_write in the blocking modes: queued and capped (threading, any
  * thread) or sent at once (sync). */
 int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len);

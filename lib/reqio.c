@@ -8,12 +8,18 @@
  * differ only in how more input arrives and how output leaves:
  * - threading: the worker reads its own socket while its handler runs; the
  *   loop does not read it until the connection closes. A read receives
- *   straight into the caller's buffer (recv with MSG_DONTWAIT, under the
- *   lock); with nothing there the worker waits in poll(2), without the
- *   lock, on the socket and on the request's eventfd, which the loop
- *   writes to end the wait (a close, a timeout, a drain: io->error). A
- *   wait quiet for HOT_WAIT_MS turns cold: the eventfd is closed and the
- *   loop reads once for the worker into io->in (wait_socket). Readline
+ *   straight into the caller's buffer. Without a deadline the worker
+ *   waits in a blocking recv, without the lock, on the socket switched to
+ *   blocking mode with a HOT_WAIT_MS receive timeout (can_block,
+ *   recv_blocking): one system call per read, as a thread per connection
+ *   makes. The loop switches the socket back before libuv reads or writes
+ *   it, and keeps the descriptor open while the worker is in recv
+ *   (io->in_recv). Otherwise recv with MSG_DONTWAIT, under the lock, and
+ *   with nothing there a wait in poll(2), without the lock, on the socket
+ *   and on the request's eventfd, which the loop writes to end the wait (a
+ *   close, a timeout, a drain: io->error). Either wait quiet for
+ *   HOT_WAIT_MS turns cold: the eventfd is closed and the loop reads once
+ *   for the worker into io->in (wait_cold). Readline
  *   keeps bytes past its line in io->in too, so uvs holds at most one read
  *   or line buffer of input and TCP flow control does the rest. Output
  *   goes straight to the socket too (send with MSG_DONTWAIT, under the
@@ -56,8 +62,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 /* The most a writer appends at once while waiting for room, so output
@@ -67,7 +75,9 @@
 #define NO_DEADLINE UINT64_MAX
 
 /* A worker waiting for input this long without a byte hands the wait to
- * the loop (wait_socket). */
+ * the loop (wait_cold); also the longest a blocking recv runs, so the
+ * longest an end of the connection that cannot shut the socket's read
+ * side takes to reach it (recv_blocking). */
 #define HOT_WAIT_MS 100
 
 
@@ -282,6 +292,17 @@ void uvs__reqio_wake(uvs__io_t* io) {
 }
 
 
+void uvs__reqio_nonblocking(uvs__io_t* io) {
+  int on = 1;
+  if (!io->blocking)
+    return;
+  /* Cannot fail on an open socket, which this one is until the loop
+   * closes it after set_closing. */
+  (void) ioctl(io->conn->fd, FIONBIO, &on);
+  io->blocking = false;
+}
+
+
 /* ---- Waiting --------------------------------------------------------- */
 
 /* `ms` from `from` (uv_hrtime), or NO_DEADLINE when too far to add. */
@@ -460,6 +481,25 @@ static int fd_fill(uvs_conn_t* conn, deadline_t deadline) {
 }
 
 
+/* Threading, lock held: a cold wait for input. The loop reads the socket
+ * once for the worker (conn.c: io->loop_reads) and wakes it on the
+ * condition. Returns 0 to look again, or the request timeout's error. */
+static int wait_cold(uvs_conn_t* conn, deadline_t d) {
+  uvs__io_t* io = conn->io;
+  int r;
+
+  drop_wake_fd(io);
+  if (!io->loop_reads) {
+    io->loop_reads = true;
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  }
+  r = cond_wait(io, d.at);
+  if (r == UV_ETIMEDOUT && d.closes)
+    return end_timed_out(conn, false);
+  return r;
+}
+
+
 /* Threading, lock held: the worker waits for its socket, hot or cold.
  * Hot: poll(2), without the lock, on the socket and the request's eventfd,
  * which the loop writes to end the wait (uvs__reqio_wake). A wait longer
@@ -485,16 +525,8 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
   }
   if (!io->loop_reads && io->wake_fd < 0)
     io->wake_fd = make_wake_fd();
-  if (io->loop_reads || io->wake_fd < 0) {
-    if (!io->loop_reads) {
-      io->loop_reads = true;
-      uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
-    }
-    r = cond_wait(io, d.at);
-    if (r == UV_ETIMEDOUT && d.closes)
-      return end_timed_out(conn, false);
-    return r;
-  }
+  if (io->loop_reads || io->wake_fd < 0)
+    return wait_cold(conn, d);
   pfd[0].fd = conn->fd;
   pfd[0].events = POLLIN;
   pfd[0].revents = 0;
@@ -525,6 +557,68 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
 }
 
 
+/* Threading, lock held: whether the worker may wait for input in a
+ * blocking recv, as a thread per connection does: one system call, where
+ * poll and then recv are two. The socket is switched to blocking mode
+ * here, with a receive timeout of HOT_WAIT_MS (SO_RCVTIMEO), and back by
+ * the loop (uvs__reqio_nonblocking) before libuv reads or writes it, which
+ * must never block: so only while the loop has no read or write of its
+ * own on the socket, and only without a deadline, which poll keeps.
+ * Sends stay non-blocking (MSG_DONTWAIT). */
+static bool can_block(uvs_conn_t* conn, deadline_t d) {
+  uvs__io_t* io = conn->io;
+  int off = 0;
+
+  if (d.at != NO_DEADLINE || io->loop_reads)
+    return false;
+  if (io->blocking)
+    return true;
+  if (io->inflight > 0 || io->out.len > 0 || io->want_flush)
+    return false;
+  if (!io->rcvtimeo_set) {
+    struct timeval tv;
+    tv.tv_sec = HOT_WAIT_MS / 1000;
+    tv.tv_usec = (HOT_WAIT_MS % 1000) * 1000;
+    if (setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0)
+      return false;
+    io->rcvtimeo_set = true;
+  }
+  if (ioctl(conn->fd, FIONBIO, &off) != 0)
+    return false;
+  io->blocking = true;
+  return true;
+}
+
+
+/* Threading, lock held (let go during the call): a blocking recv, which
+ * returns with bytes, the peer's EOF or an error, or after HOT_WAIT_MS
+ * with EAGAIN. Nothing else can end it early, so the end of the
+ * connection reaches a worker in it within HOT_WAIT_MS, and the loop
+ * keeps the descriptor open meanwhile: it closes only once in_recv is
+ * clear, when this posts (close_wait), so the recv never reaches a
+ * descriptor number that a new connection has taken. */
+static ssize_t recv_blocking(uvs_conn_t* conn, char* dst, size_t n, int flags) {
+  uvs__io_t* io = conn->io;
+  ssize_t got;
+  int err;
+
+  io->in_recv = true;
+  uv_mutex_unlock(&io->lock);
+  do
+    got = recv(conn->fd, dst, n, flags);
+  while (got < 0 && errno == EINTR);
+  err = errno;
+  uv_mutex_lock(&io->lock);
+  io->in_recv = false;
+  if (io->close_wait) {
+    io->close_wait = false;
+    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  }
+  errno = err;
+  return got;
+}
+
+
 /* Threading, lock held: receives up to `n` bytes (n > 0) into `dst` (with
  * MSG_PEEK, leaves them in the socket), waiting with wait_socket while
  * there are none. Bytes the loop read for a cold wait land in io->in:
@@ -551,6 +645,7 @@ static ssize_t thread_recv(uvs_conn_t* conn,
   *queued = false;
   for (;;) {
     ssize_t got;
+    bool block;
     int r;
 
     if (io->error == UV_ECANCELED)
@@ -570,10 +665,27 @@ static ssize_t thread_recv(uvs_conn_t* conn,
       return UV_ECANCELED;
     }
     /* While the loop reads for us, only it may take bytes. */
-    if (!wait_first && !io->loop_reads) {
-      do
-        got = recv(conn->fd, dst, n, flags | MSG_DONTWAIT);
-      while (got < 0 && errno == EINTR);
+    block = can_block(conn, d);
+    if (block || (!wait_first && !io->loop_reads)) {
+      if (block) {
+        got = recv_blocking(conn, dst, n, flags);
+        /* The connection ended meanwhile: the checks above say how. */
+        if (io->error != 0 || !socket_ours(io))
+          continue;
+        /* Quiet for HOT_WAIT_MS (the loop did not make the socket
+         * non-blocking): the wait turns cold at once. */
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+            io->blocking) {
+          r = wait_cold(conn, d);
+          if (r != 0)
+            return r;
+          continue;
+        }
+      } else {
+        do
+          got = recv(conn->fd, dst, n, flags | MSG_DONTWAIT);
+        while (got < 0 && errno == EINTR);
+      }
       if (got > 0) {
         if (!(flags & MSG_PEEK)) {
           io->drained = (size_t) got < n;

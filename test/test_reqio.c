@@ -26,6 +26,7 @@
 
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
 
@@ -48,6 +49,7 @@ typedef struct {
    * uvs_sendall now. */
   atomic_llong echoed;
   atomic_int in_sendall;
+  atomic_int last_result; /* blocked_reader_handle's uvs_recv */
   _Atomic(uvs_conn_t*) conn;
   /* The handler's thread, published by server_step 1 (test_write). */
   pthread_t handler_thread;
@@ -1701,6 +1703,210 @@ static void close_cancels_recv(void) {
 }
 
 
+/* ---- Threading: blocking receives ----------------------------------- */
+
+/* Without a request timeout a threading worker waits for input in a
+ * blocking recv on its socket, which it puts in blocking mode; the loop
+ * puts it back before libuv reads or writes it. */
+
+static int is_blocking(uvs_conn_t* conn) {
+  int flags = fcntl(uvs_conn_fileno(conn), F_GETFL);
+  ASSERT_GE(flags, 0);
+  return (flags & O_NONBLOCK) == 0;
+}
+
+/* Echoes until EOF; notes whether the socket was blocking after the first
+ * receive (ctx->nodelay) and in the most receives afterwards (max_in). */
+static int blocking_echo_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  char buf[64];
+  ssize_t n;
+
+  while ((n = uvs_recv(conn, buf, sizeof(buf))) > 0) {
+    if (ctx->max_out == 0)
+      ctx->nodelay = is_blocking(conn);
+    ctx->max_out++;
+    if (uvs_sendall(conn, buf, (size_t) n) != 0)
+      break;
+  }
+  ctx->result = n;
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void round_trips(int fd, int count) {
+  char got[5];
+  int i;
+  for (i = 0; i < count; i++) {
+    test_send_all(fd, "ping\n", 5);
+    ASSERT_EQ(test_recv_n(fd, got, 5, IO_TIMEOUT), 5);
+    ASSERT_EQ(memcmp(got, "ping\n", 5), 0);
+  }
+}
+
+/* Round trips back to back, then after waits past the hot spell (the
+ * wait turns cold: the loop reads once, non-blocking), then back to back
+ * again: every byte comes back, in both states. */
+static void blocking_recv_echo(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+  int i;
+
+  config_for(&config, UVS_MODE_THREADING);
+  config.request_timeout_ms = -1;
+  start(&fx, &ctx, blocking_echo_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  round_trips(fd, 200);
+  for (i = 0; i < 3; i++) {
+    sleep_ms(250);
+    round_trips(fd, 20);
+  }
+  close(fd);
+  wait_step(&ctx.handled, 1);
+  ASSERT_EQ(ctx.result, 0);
+  ASSERT_EQ(ctx.nodelay, 1);
+  ASSERT_EQ(ctx.max_out, (size_t) 260);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
+/* Publishes the connection, shrinks its send buffer, then waits in
+ * uvs_recv for one byte and echoes it, until EOF. */
+static int blocked_reader_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  int size = 4096;
+  char c;
+  ssize_t n;
+
+  ASSERT_OK(setsockopt(uvs_conn_fileno(conn),
+                       SOL_SOCKET,
+                       SO_SNDBUF,
+                       &size,
+                       sizeof(size)));
+  atomic_store(&ctx->conn, conn);
+  step(&ctx->server_step, 1);
+  while ((n = uvs_recv(conn, &c, 1)) > 0) {
+    if (uvs_sendall(conn, &c, 1) != 0)
+      break;
+  }
+  atomic_store(&ctx->last_result, (int) n);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+/* Threading: while a worker waits in a blocking recv, another thread
+ * writes more than the socket holds to its connection (the peer does not
+ * read yet). The loop sends it without blocking: it still accepts and
+ * serves a second client meanwhile; then the peer gets every byte, and the
+ * worker's receive still works. A loop writing to the socket in blocking
+ * mode would hang in writev here. */
+#define FANOUT_BYTES ((size_t) 4 << 20)
+
+static void loop_write_while_blocked(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  char* big;
+  char* got;
+  char c;
+  int fd;
+  int fd2;
+
+  big = malloc(FANOUT_BYTES);
+  got = malloc(FANOUT_BYTES);
+  ASSERT_NOT_NULL(big);
+  ASSERT_NOT_NULL(got);
+  pattern_fill(big, 0, FANOUT_BYTES);
+  config_for(&config, UVS_MODE_THREADING);
+  config.request_timeout_ms = -1;
+  start(&fx, &ctx, blocked_reader_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.server_step, 1);
+  sleep_ms(20); /* in its blocking recv by now */
+  ASSERT_OK(uvs_conn_write(atomic_load(&ctx.conn), big, FANOUT_BYTES));
+  sleep_ms(50);
+  fd2 = test_connect("127.0.0.1", fx.port);
+  test_send_all(fd2, "z", 1);
+  ASSERT_EQ(test_recv_n(fd2, &c, 1, IO_TIMEOUT), 1);
+  ASSERT_EQ(c, 'z');
+  close(fd2);
+  ASSERT_EQ(test_recv_n(fd, got, FANOUT_BYTES, IO_TIMEOUT), FANOUT_BYTES);
+  ASSERT_EQ(memcmp(got, big, FANOUT_BYTES), 0);
+  test_send_all(fd, "y", 1);
+  ASSERT_EQ(test_recv_n(fd, &c, 1, IO_TIMEOUT), 1);
+  ASSERT_EQ(c, 'y');
+  close(fd);
+  wait_step(&ctx.handled, 2);
+  ASSERT_EQ(atomic_load(&ctx.last_result), 0);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+  free(big);
+  free(got);
+}
+
+
+/* Threading: uvs_conn_close from another thread, and the idle timeout,
+ * reach a worker in a blocking recv within its hot spell (100 ms), and a
+ * client that connects meanwhile is served its own bytes: the closed
+ * connection's descriptor number is not handed on while the worker may
+ * still receive on it. */
+static void end_reaches_blocking_recv(int idle) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  uint64_t start_ms;
+  char c;
+  int fd;
+  int fd2;
+  int round;
+
+  config_for(&config, UVS_MODE_THREADING);
+  config.request_timeout_ms = -1;
+  if (idle)
+    config.idle_timeout_ms = 300;
+  start(&fx, &ctx, blocked_reader_handle, &config, 1);
+  for (round = 0; round < 10; round++) {
+    atomic_store(&ctx.server_step, 0);
+    fd = test_connect("127.0.0.1", fx.port);
+    wait_step(&ctx.server_step, 1);
+    start_ms = test_now_ms();
+    if (!idle) {
+      sleep_ms(round * 7 % 60); /* anywhere in the hot spell */
+      start_ms = test_now_ms();
+      ASSERT_OK(uvs_conn_close(atomic_load(&ctx.conn)));
+    }
+    fd2 = test_connect("127.0.0.1", fx.port);
+    wait_step(&ctx.handled, 2 * round + 1);
+    ASSERT_ERR(atomic_load(&ctx.last_result),
+               idle ? UV_ETIMEDOUT : UV_ECANCELED);
+    ASSERT_LT(test_now_ms() - start_ms, idle ? 1500 : 1000);
+    if (idle)
+      ASSERT_GE(test_now_ms() - start_ms, 250);
+    ASSERT_EQ(test_wait_eof(fd, IO_TIMEOUT), 1);
+    close(fd);
+    test_send_all(fd2, "q", 1);
+    ASSERT_EQ(test_recv_n(fd2, &c, 1, IO_TIMEOUT), 1);
+    ASSERT_EQ(c, 'q');
+    close(fd2);
+    wait_step(&ctx.handled, 2 * round + 2);
+    ASSERT_EQ(atomic_load(&ctx.last_result), 0);
+  }
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+static void close_reaches_blocking_recv(void) {
+  end_reaches_blocking_recv(0);
+}
+
+static void idle_reaches_blocking_recv(void) {
+  end_reaches_blocking_recv(1);
+}
+
+
 /* ---- CPython SocketWriterTest.test_write ----------------------------- */
 
 /* The handler's first write is sent at once, without a flush; then it
@@ -1889,6 +2095,10 @@ static const test_case_t cases[] = {
   { "backpressure_64mib", backpressure_64mib },
   CASES(reset_while_in_recv),
   { "close_cancels_recv", close_cancels_recv },
+  { "blocking_recv_echo", blocking_recv_echo },
+  { "loop_write_while_blocked", loop_write_while_blocked },
+  { "close_reaches_blocking_recv", close_reaches_blocking_recv },
+  { "idle_reaches_blocking_recv", idle_reaches_blocking_recv },
   CASES(socket_writer_test_write),
   { "sync_enomem_ends_stream", sync_enomem_ends_stream },
 };
