@@ -818,9 +818,9 @@ UVS_EXTERN uint64_t uvs_conn_id(const uvs_conn_t* conn);
  * without a request timeout within 100 ms of a uvs_conn_close, a drain's
  * deadline or the idle timeout); after a reset or a send error calls fail
  * with that error (received bytes are still read first). They use the
- * descriptor directly: in threading mode under the connection's lock
- * while the loop lets the worker have the socket, waiting for input in a
- * blocking recv (no request timeout; the socket is then in blocking mode)
+ * descriptor directly: in threading mode while the loop lets the worker
+ * have the socket, waiting for input in a blocking recv (no request
+ * timeout: the socket is then in blocking mode, with a 100 ms SO_RCVTIMEO)
  * or in poll(2), in sync mode and in a forked child with blocking calls.
  * In event mode they return UV_ENOTSUP. */
 

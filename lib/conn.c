@@ -15,7 +15,8 @@
  * closing a socket with unread input makes the kernel send a reset that can
  * destroy the reply on its way. An abort sends a reset at once. An error
  * (or the server's close) closes at once with a status. All three end in
- * close_now, which calls uv_close on every handle the connection owns; the
+ * close_now, which calls uv_close on every handle the connection owns
+ * (threading: once the worker has left a blocking recv, see below); the
  * last close callback runs on_close and frees the connection, so a pointer
  * stays valid for the rest of any callback that closed it.
  *
@@ -24,9 +25,15 @@
  * nothing is queued, and otherwise its writes collect in the output queue
  * and one mailbox message asks the loop to send them. A receive or send
  * the worker sees fail posts the error (io->failed) and the loop closes
- * with it. set_closing takes the socket back (io->shut, and a wake-up for
- * a worker waiting in poll) before the loop reads it for the FIN, shuts it
- * down or closes it; an idle timeout due looks at the worker's last byte
+ * with it. set_closing takes the socket back (io->shut, non-blocking mode
+ * again, and a wake-up for a worker waiting in poll; one in a blocking
+ * recv sees it within reqio.c's HOT_WAIT_MS) before the loop reads it for
+ * the FIN, shuts it down or closes it; close_now shuts the read side of a
+ * socket a worker is still receiving on, and closes its handles only once
+ * the worker has posted that it left (worker_in_recv, on_conn_msg), so
+ * its number is not reused under the recv. The loop also puts the socket
+ * back in non-blocking mode before it writes queued output or reads for a
+ * cold wait. An idle timeout due looks at the worker's last byte
  * (io->direct_ms) first. The connection is freed when both its handles
  * are closed and its worker has reported the request done (`worker_ref`),
  * so neither side ever holds a freed pointer. Sync mode runs the whole

@@ -75,9 +75,9 @@
 #define NO_DEADLINE UINT64_MAX
 
 /* A worker waiting for input this long without a byte hands the wait to
- * the loop (wait_cold); also the longest a blocking recv runs, so the
- * longest an end of the connection that cannot shut the socket's read
- * side takes to reach it (recv_blocking). */
+ * the loop (wait_cold). Also a blocking recv's receive timeout, so the
+ * longest a graceful end of the connection, which does not shut the
+ * socket's read side, takes to reach the worker (recv_blocking). */
 #define HOT_WAIT_MS 100
 
 
@@ -559,12 +559,12 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
 
 /* Threading, lock held: whether the worker may wait for input in a
  * blocking recv, as a thread per connection does: one system call, where
- * poll and then recv are two. The socket is switched to blocking mode
- * here, with a receive timeout of HOT_WAIT_MS (SO_RCVTIMEO), and back by
- * the loop (uvs__reqio_nonblocking) before libuv reads or writes it, which
- * must never block: so only while the loop has no read or write of its
- * own on the socket, and only without a deadline, which poll keeps.
- * Sends stay non-blocking (MSG_DONTWAIT). */
+ * poll and then recv are two. Only without a deadline, which poll keeps.
+ * The socket is switched to blocking mode here, with a receive timeout of
+ * HOT_WAIT_MS (SO_RCVTIMEO, which stays set), only while the loop has no
+ * libuv read or write of its own on it, which must never block; the loop
+ * switches it back (uvs__reqio_nonblocking, io->blocking false) before it
+ * starts one. Sends stay non-blocking (MSG_DONTWAIT). */
 static bool can_block(uvs_conn_t* conn, deadline_t d) {
   uvs__io_t* io = conn->io;
   int off = 0;
@@ -590,13 +590,14 @@ static bool can_block(uvs_conn_t* conn, deadline_t d) {
 }
 
 
-/* Threading, lock held (let go during the call): a blocking recv, which
- * returns with bytes, the peer's EOF or an error, or after HOT_WAIT_MS
- * with EAGAIN. Nothing else can end it early, so the end of the
- * connection reaches a worker in it within HOT_WAIT_MS, and the loop
- * keeps the descriptor open meanwhile: it closes only once in_recv is
- * clear, when this posts (close_wait), so the recv never reaches a
- * descriptor number that a new connection has taken. */
+/* Threading, lock held (let go during the call): one blocking recv, which
+ * returns with bytes, the peer's EOF, an error (EINTR for a signal), or
+ * after HOT_WAIT_MS with EAGAIN; or at once, with 0, when the loop closes
+ * the connection now (uvs__conn_close_now shuts the read side). A
+ * graceful end reaches it by the timeout. The loop keeps the descriptor
+ * open meanwhile: it closes only once in_recv is clear, when this posts
+ * (close_wait), so the recv never reaches a descriptor number that a new
+ * connection has taken. */
 static ssize_t recv_blocking(uvs_conn_t* conn, char* dst, size_t n, int flags) {
   uvs__io_t* io = conn->io;
   ssize_t got;
@@ -604,9 +605,7 @@ static ssize_t recv_blocking(uvs_conn_t* conn, char* dst, size_t n, int flags) {
 
   io->in_recv = true;
   uv_mutex_unlock(&io->lock);
-  do
-    got = recv(conn->fd, dst, n, flags);
-  while (got < 0 && errno == EINTR);
+  got = recv(conn->fd, dst, n, flags);
   err = errno;
   uv_mutex_lock(&io->lock);
   io->in_recv = false;
@@ -669,8 +668,9 @@ static ssize_t thread_recv(uvs_conn_t* conn,
     if (block || (!wait_first && !io->loop_reads)) {
       if (block) {
         got = recv_blocking(conn, dst, n, flags);
-        /* The connection ended meanwhile: the checks above say how. */
-        if (io->error != 0 || !socket_ours(io))
+        /* The connection ended meanwhile, or a signal came: the checks
+         * above say whether to receive again. */
+        if (io->error != 0 || !socket_ours(io) || (got < 0 && errno == EINTR))
           continue;
         /* Quiet for HOT_WAIT_MS (the loop did not make the socket
          * non-blocking): the wait turns cold at once. */

@@ -844,8 +844,9 @@ void uvs__server_close_inherited(uv_os_sock_t keep) {
       close(server->fd);
     for (c = server->conns.next; c != &server->conns; c = c->next) {
       uvs_conn_t* conn = container_of(c, uvs_conn_t, node);
-      if (!conn->dgram && !conn->handle_closing && conn->fd >= 0 &&
-          conn->fd != keep) {
+      /* A close deferred for a worker in recv has not closed it yet. */
+      if (!conn->dgram && (!conn->handle_closing || conn->close_deferred) &&
+          conn->fd >= 0 && conn->fd != keep) {
         close(conn->fd);
       }
     }
