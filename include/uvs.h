@@ -724,8 +724,9 @@ UVS_EXTERN unsigned uvs_server_child_count(const uvs_server_t* server);
  * without an error. uvs_conn_fileno returns the server's socket. */
 
 /** Sends `len` bytes of `data`, copied: the caller keeps `data`. Bytes go
- * out in order; what the socket does not take at once is queued; it never
- * blocks (except in sync mode, where it is uvs_sendall). Returns 0,
+ * out in order, from a handler behind what its uvs_write buffered; what
+ * the socket does not take at once is queued; it never blocks (except in
+ * sync mode, where it is uvs_sendall). Returns 0,
  * UV_EPIPE after uvs_conn_close or an abort, UV_ENOBUFS when the write
  * would take the unsent bytes past config->max_write_queue (the
  * connection is reset, since its peer is not reading, and nothing more is

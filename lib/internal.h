@@ -610,7 +610,8 @@ typedef struct uvs__io_s {
   uint64_t write_timeout_ms; /* 0: none (threading: the loop times it) */
   uint64_t idle_timeout_ms;  /* 0: none (threading: the loop times it) */
   uint64_t last_io_ns;       /* sync and forked: uv_hrtime of the last byte */
-  /* Handler thread only. */
+  /* Handler thread only (threading: `handler`, set before it runs). */
+  uv_thread_t handler;
   int64_t timeout_ms;
   char* wbuf;
   size_t wlen;

@@ -189,6 +189,9 @@ void uvs__reqio_free(uvs__io_t* io) {
 /* Sends what uvs_write buffered without waiting for the socket, as
  * Python's StreamRequestHandler.finish, ignoring errors. */
 static void final_flush(uvs_conn_t* conn);
+/* io->lock in threading mode; nothing otherwise. */
+static void lock(uvs__io_t* io);
+static void unlock(uvs__io_t* io);
 
 
 int uvs__reqio_run(uvs_conn_t* conn) {
@@ -201,6 +204,10 @@ int uvs__reqio_run(uvs_conn_t* conn) {
   int err = 0;
   int r;
 
+  /* Under the lock: other threads read it (uvs__reqio_write_any). */
+  lock(io);
+  io->handler = uv_thread_self();
+  unlock(io);
   uvs__callback_depth++;
   r = io->setup != NULL ? io->setup(conn) : 0;
   if (r == UVS_ESTOP)
@@ -619,17 +626,17 @@ static ssize_t recv_blocking(uvs_conn_t* conn, char* dst, size_t n, int flags) {
 
 
 /* Threading, lock held: receives up to `n` bytes (n > 0) into `dst` (with
- * MSG_PEEK, leaves them in the socket), waiting with wait_socket while
- * there are none. Bytes the loop read for a cold wait land in io->in:
- * then it returns 0 with `*queued` set, and the caller reads the queue
- * (they come before anything still in the socket). Otherwise it returns
- * the count, 0 at the peer's EOF (io->eof), or an error:
+ * MSG_PEEK, leaves them in the socket), waiting while there are none in a
+ * blocking recv (can_block) or else with wait_socket. Bytes the loop read for a
+ * cold wait land in io->in: then it returns 0 with `*queued` set, and the
+ * caller reads the queue (they come before anything still in the socket).
+ * Otherwise it returns the count, 0 at the peer's EOF (io->eof), or an error:
  * the connection's end, the request timeout's UV_ETIMEDOUT, or a receive
  * error (a reset), which ends the connection and asks the loop to close
- * it. After a receive that emptied the socket (fewer bytes than asked)
- * the next one waits first: in a conversation the next bytes are rarely
- * there yet, and a recv that fails with EAGAIN is a system call for
- * nothing. */
+ * it. Without a blocking recv, after a receive that emptied the socket
+ * (fewer bytes than asked) the next one waits first: in a conversation the
+ * next bytes are rarely there yet, and a recv that fails with EAGAIN is a
+ * system call for nothing. */
 static ssize_t thread_recv(uvs_conn_t* conn,
                            char* dst,
                            size_t n,
@@ -1208,6 +1215,13 @@ static bool over_queue_cap(const uvs__io_t* io, size_t len) {
 }
 
 
+/* Threading: is the caller the request's handler (the owner of wbuf)? */
+static bool on_handler_thread(const uvs__io_t* io) {
+  uv_thread_t self = uv_thread_self();
+  return uv_thread_equal(&self, &io->handler) != 0;
+}
+
+
 int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
   uvs__io_t* io = conn->io;
   int r;
@@ -1238,7 +1252,17 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
       uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
     r = UV_ENOBUFS;
   } else {
-    r = len > 0 ? queue_out(conn, data, len) : 0;
+    r = 0;
+    /* From the handler: behind what uvs_write buffered, as in sync mode,
+     * without waiting (the buffer joins the queue first). From another
+     * thread the two are not ordered, and the buffer is not its to read. */
+    if (len > 0 && on_handler_thread(io) && io->wlen > 0) {
+      r = queue_out(conn, io->wbuf, io->wlen);
+      if (r == 0)
+        io->wlen = 0;
+    }
+    if (r == 0 && len > 0)
+      r = queue_out(conn, data, len);
   }
   uv_mutex_unlock(&io->lock);
   return r;

@@ -879,8 +879,10 @@ static void write_buffered(uvs_mode_t mode) {
 BOTH(write_buffered)
 
 
-/* Sync mode with a write buffer: uvs_conn_write is uvs_sendall there, so
- * it sends after what uvs_write buffered, never before it. */
+/* With a write buffer, uvs_conn_write from the handler sends after what
+ * uvs_write buffered, never before it: in sync mode it is uvs_sendall
+ * behind the buffer; in threading mode the buffer joins the output queue
+ * first. */
 static int write_order_handle(uvs_conn_t* conn) {
   ctx_t* ctx = ctx_of(conn);
   ASSERT_OK(uvs_write(conn, "first ", 6));
@@ -890,13 +892,13 @@ static int write_order_handle(uvs_conn_t* conn) {
   return 0;
 }
 
-static void sync_conn_write_after_buffer(void) {
+static void conn_write_after_buffer(uvs_mode_t mode) {
   uvs_config_t config;
   fixture_t fx;
   ctx_t ctx;
   int fd;
 
-  config_for(&config, UVS_MODE_SYNC);
+  config_for(&config, mode);
   config.wbufsize = WBUFSIZE;
   start(&fx, &ctx, write_order_handle, &config, 1);
   fd = test_connect("127.0.0.1", fx.port);
@@ -908,6 +910,7 @@ static void sync_conn_write_after_buffer(void) {
   ASSERT_EQ(atomic_load(&ctx.errors), 0);
   stop(&fx);
 }
+BOTH(conn_write_after_buffer)
 
 
 /* After uvs_conn_close in the handler, uvs_conn_write returns UV_EPIPE (as
@@ -2127,7 +2130,7 @@ static const test_case_t cases[] = {
   CASES(request_timeout_forever),
   CASES(sendall_timeout),
   CASES(write_buffered),
-  { "sync_conn_write_after_buffer", sync_conn_write_after_buffer },
+  CASES(conn_write_after_buffer),
   CASES(conn_write_after_close),
   CASES(write_unbuffered),
   CASES(disable_nagle_algorithm),
