@@ -38,17 +38,16 @@
  * that cannot be bound exits 1.
  */
 #include "chat.h"
+#include "../common.h"
 
 #include <uvs.h>
 
 #include <inttypes.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* How long open connections are served after the first signal (the
@@ -64,12 +63,6 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-#if defined(__GNUC__) || defined(__clang__)
-# define CHAT_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#else
-# define CHAT_PRINTF(f, a)
-#endif
-
 typedef struct chat_options_s {
   const char* listen;
   uvs_mode_t mode;
@@ -82,12 +75,10 @@ typedef struct chat_options_s {
 typedef struct chat_app_s {
   uvs_server_t* server;
   chat_room_t room;
-  uv_signal_t signals[3]; /* see signums */
-  int draining;           /* the first SIGINT/SIGTERM has arrived */
+  /* SIGINT, SIGTERM and SIGUSR1, started by demo_start_signals. */
+  uv_signal_t signals[DEMO_SIGNAL_COUNT];
+  int draining; /* the first SIGINT/SIGTERM has arrived */
 } chat_app_t;
-
-/* The signals uvs-chat handles, in chat_app_t.signals. */
-static const int signums[3] = { SIGINT, SIGTERM, SIGUSR1 };
 
 /* Per-connection state (handler.state_size), zeroed by uvs. */
 typedef struct chat_conn_s {
@@ -156,55 +147,6 @@ static const char usage_text[] =
 
 /* ---- Command line ---------------------------------------------------- */
 
-/* Prints "uvs-chat: MESSAGE" as one line to stderr and exits 2. */
-static _Noreturn void usage_error(const char* fmt, ...) CHAT_PRINTF(1, 2);
-
-static _Noreturn void usage_error(const char* fmt, ...) {
-  va_list ap;
-  fputs("uvs-chat: ", stderr);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  exit(2);
-}
-
-
-/* Parses a decimal integer in [min, max]: digits only, so no sign, no
- * spaces, no hex and no suffix. Returns 0, or -1 for anything else. */
-static int parse_count(const char* text,
-                       uint64_t min,
-                       uint64_t max,
-                       uint64_t* out) {
-  uint64_t value = 0;
-  const char* p;
-
-  if (*text == '\0') {
-    return -1;
-  }
-  for (p = text; *p != '\0'; p++) {
-    if (*p < '0' || *p > '9') {
-      return -1;
-    }
-    if (value > (max - (uint64_t) (*p - '0')) / 10) {
-      return -1; /* past max, and never wrapping around */
-    }
-    value = value * 10 + (uint64_t) (*p - '0');
-  }
-  if (value < min) {
-    return -1;
-  }
-  *out = value;
-  return 0;
-}
-
-
-/* Is `arg`, up to `len` bytes, the flag `name`? */
-static int flag_is(const char* arg, size_t len, const char* name) {
-  return strlen(name) == len && strncmp(arg, name, len) == 0;
-}
-
-
 static void parse_args(int argc, char** argv, chat_options_t* opts) {
   uint64_t n;
   int i;
@@ -222,59 +164,61 @@ static void parse_args(int argc, char** argv, chat_options_t* opts) {
     size_t len = eq != NULL ? (size_t) (eq - arg) : strlen(arg);
 
     if (strncmp(arg, "--", 2) != 0) {
-      usage_error("unexpected argument '%s' (see --help)", arg);
+      demo_usage_error("unexpected argument '%s' (see --help)", arg);
     }
 
-    if (flag_is(arg, len, "--help")) {
+    if (demo_flag_is(arg, len, "--help")) {
       if (value != NULL) {
-        usage_error("--help takes no value");
+        demo_usage_error("--help takes no value");
       }
       fputs(usage_text, stdout);
       exit(0);
     }
 
     /* Every other flag takes a value: --flag VALUE or --flag=VALUE. */
-    if (!flag_is(arg, len, "--listen") && !flag_is(arg, len, "--mode") &&
-        !flag_is(arg, len, "--threads") && !flag_is(arg, len, "--max-line") &&
-        !flag_is(arg, len, "--max-queue")) {
-      usage_error("unknown flag '%.*s' (see --help)", (int) len, arg);
+    if (!demo_flag_is(arg, len, "--listen") &&
+        !demo_flag_is(arg, len, "--mode") &&
+        !demo_flag_is(arg, len, "--threads") &&
+        !demo_flag_is(arg, len, "--max-line") &&
+        !demo_flag_is(arg, len, "--max-queue")) {
+      demo_usage_error("unknown flag '%.*s' (see --help)", (int) len, arg);
     }
     if (value == NULL) {
       if (i + 1 >= argc) {
-        usage_error("%s needs a value (see --help)", arg);
+        demo_usage_error("%s needs a value (see --help)", arg);
       }
       value = argv[++i];
     }
 
-    if (flag_is(arg, len, "--listen")) {
+    if (demo_flag_is(arg, len, "--listen")) {
       opts->listen = value;
-    } else if (flag_is(arg, len, "--mode")) {
+    } else if (demo_flag_is(arg, len, "--mode")) {
       if (strcmp(value, "event") == 0) {
         opts->mode = UVS_MODE_EVENT;
       } else if (strcmp(value, "thread") == 0) {
         opts->mode = UVS_MODE_THREADING;
       } else {
-        usage_error("bad --mode '%s': want event or thread", value);
+        demo_usage_error("bad --mode '%s': want event or thread", value);
       }
-    } else if (flag_is(arg, len, "--threads")) {
-      if (parse_count(value, 0, CHAT_MAX_THREADS_LIMIT, &n) != 0) {
-        usage_error("bad --threads '%s': want 0 to %d",
-                    value,
-                    CHAT_MAX_THREADS_LIMIT);
+    } else if (demo_flag_is(arg, len, "--threads")) {
+      if (demo_parse_count(value, 0, CHAT_MAX_THREADS_LIMIT, &n) != 0) {
+        demo_usage_error("bad --threads '%s': want 0 to %d",
+                         value,
+                         CHAT_MAX_THREADS_LIMIT);
       }
       opts->threads = (unsigned) n;
-    } else if (flag_is(arg, len, "--max-line")) {
-      if (parse_count(value, 1, CHAT_MAX_LINE_LIMIT, &n) != 0) {
-        usage_error("bad --max-line '%s': want bytes, 1 to %" PRIu64,
-                    value,
-                    CHAT_MAX_LINE_LIMIT);
+    } else if (demo_flag_is(arg, len, "--max-line")) {
+      if (demo_parse_count(value, 1, CHAT_MAX_LINE_LIMIT, &n) != 0) {
+        demo_usage_error("bad --max-line '%s': want bytes, 1 to %" PRIu64,
+                         value,
+                         CHAT_MAX_LINE_LIMIT);
       }
       opts->max_line = (size_t) n;
     } else {
-      if (parse_count(value, 1, CHAT_MAX_QUEUE_LIMIT, &n) != 0) {
-        usage_error("bad --max-queue '%s': want bytes, 1 to %" PRIu64,
-                    value,
-                    CHAT_MAX_QUEUE_LIMIT);
+      if (demo_parse_count(value, 1, CHAT_MAX_QUEUE_LIMIT, &n) != 0) {
+        demo_usage_error("bad --max-queue '%s': want bytes, 1 to %" PRIu64,
+                         value,
+                         CHAT_MAX_QUEUE_LIMIT);
       }
       opts->max_queue = (size_t) n;
     }
@@ -283,7 +227,7 @@ static void parse_args(int argc, char** argv, chat_options_t* opts) {
   /* A queue that cannot hold one "NAME: TEXT\n" would cut off a client
    * that reads as fast as it can, on the first long line. */
   if (opts->max_queue < opts->max_line + CHAT_NAME_MAX + 3) {
-    usage_error(
+    demo_usage_error(
         "--max-queue %zu cannot hold a line of --max-line %zu: "
         "want at least %zu",
         opts->max_queue,
@@ -296,70 +240,14 @@ static void parse_args(int argc, char** argv, chat_options_t* opts) {
 /* Exits 2 for an address that does not parse or is not a stream, before
  * anything is bound. */
 static void check_address(const char* text, uvs_address_t* addr) {
-  int err;
-
-  err = uvs_address_parse(text, addr);
-  if (err != 0) {
-    usage_error("bad address '%s': %s", text, uvs_strerror(err));
-  }
+  demo_check_address(text, addr);
   if (addr->transport != UVS_TRANSPORT_TCP &&
       addr->transport != UVS_TRANSPORT_UNIX) {
-    usage_error(
+    demo_usage_error(
         "'%s' is a datagram address; the chat needs a stream "
         "(tcp:// or unix:)",
         text);
   }
-}
-
-
-/* Errors of uvs_server_new that mean "bad address or options" (exit 2)
- * rather than "could not bind" (exit 1). */
-static int is_usage_error(int err) {
-  switch (err) {
-  case UV_EINVAL:
-  case UV_ENOTSUP:
-  case UV_ENAMETOOLONG:
-  case UV_EAI_ADDRFAMILY:
-  case UV_EAI_AGAIN:
-  case UV_EAI_BADFLAGS:
-  case UV_EAI_FAIL:
-  case UV_EAI_FAMILY:
-  case UV_EAI_NODATA:
-  case UV_EAI_NONAME:
-  case UV_EAI_SERVICE:
-  case UV_EAI_SOCKTYPE:
-    return 1;
-  default:
-    return 0;
-  }
-}
-
-
-/* uvs_server_new failed for `text` with `err`: one line to stderr. uvs
- * never removes a file that is not a socket and reports it as
- * UV_EADDRINUSE, which would read as "somebody serves there"; say what it
- * is instead. */
-static void report_listen_error(const char* text,
-                                const uvs_address_t* addr,
-                                int err) {
-  const char* path = addr->u.un.sun_path;
-  struct stat st;
-
-  if (err == UV_EADDRINUSE && addr->transport == UVS_TRANSPORT_UNIX &&
-      addr->len > offsetof(struct sockaddr_un, sun_path) && path[0] != '\0' &&
-      lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-    fprintf(stderr,
-            "uvs-chat: cannot listen on %s: %s exists and is not a socket "
-            "(left as it is)\n",
-            text,
-            path);
-    return;
-  }
-  fprintf(stderr,
-          "uvs-chat: cannot listen on %s: %s (%s)\n",
-          text,
-          uvs_strerror(err),
-          uvs_err_name(err));
 }
 
 
@@ -575,41 +463,12 @@ static void on_drained(uvs_server_t* server, int status) {
 }
 
 
-/* SIGUSR1: every counter of uvs_stats_t, in its order, on one line. */
-static void print_stats(const uvs_server_t* server) {
-  uvs_stats_t s;
-
-  if (uvs_server_stats(server, &s) != 0) {
-    return;
-  }
-  fprintf(stderr,
-          "stats: accepted=%" PRIu64 " active=%" PRIu64 " children=%" PRIu64
-          " rejected_verify=%" PRIu64 " rejected_limit=%" PRIu64
-          " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " handler_errors=%" PRIu64
-          " conn_errors=%" PRIu64 " timeouts=%" PRIu64 " accept_errors=%" PRIu64
-          " datagrams_oversize=%" PRIu64 " datagrams_dropped=%" PRIu64 "\n",
-          s.accepted,
-          s.active,
-          s.children,
-          s.rejected_verify,
-          s.rejected_limit,
-          s.bytes_in,
-          s.bytes_out,
-          s.handler_errors,
-          s.conn_errors,
-          s.timeouts,
-          s.accept_errors,
-          s.datagrams_oversize,
-          s.datagrams_dropped);
-}
-
-
 static void on_signal(uv_signal_t* handle, int signum) {
   chat_app_t* app = handle->data;
   int err;
 
   if (signum == SIGUSR1) {
-    print_stats(app->server);
+    demo_print_stats(app->server);
     return;
   }
   if (app->draining) {
@@ -621,14 +480,6 @@ static void on_signal(uv_signal_t* handle, int signum) {
   if (err != 0) {
     fprintf(stderr, "uvs-chat: cannot drain: %s\n", uvs_strerror(err));
     uvs_server_shutdown(app->server); /* uvs_server_close closes the rest */
-  }
-}
-
-
-/* Closes a handle that was initialized (uv_*_init sets its loop). */
-static void close_handle(uv_handle_t* handle) {
-  if (uv_handle_get_loop(handle) != NULL && !uv_is_closing(handle)) {
-    uv_close(handle, NULL);
   }
 }
 
@@ -648,6 +499,7 @@ int main(int argc, char** argv) {
   int status = 0;
   int err;
 
+  demo_set_program("uvs-chat");
   parse_args(argc, argv, &opts);
   check_address(opts.listen, &addr);
 
@@ -677,19 +529,14 @@ int main(int argc, char** argv) {
   /* A NULL loop: the server makes and owns one; it binds and listens now. */
   err = uvs_server_new(NULL, &app.server, opts.listen, &handler, &config);
   if (err != 0) {
-    report_listen_error(opts.listen, &addr, err);
+    demo_report_listen_error(opts.listen, &addr, err);
     chat_room_free(&app.room);
-    return is_usage_error(err) ? 2 : 1;
+    return demo_is_usage_error(err) ? 2 : 1;
   }
   uvs_server_set_data(app.server, &app);
   loop = uvs_server_loop(app.server);
 
-  for (i = 0; i < ARRAY_LEN(app.signals) && err == 0; i++) {
-    app.signals[i].data = &app;
-    if ((err = uv_signal_init(loop, &app.signals[i])) == 0) {
-      err = uv_signal_start(&app.signals[i], on_signal, signums[i]);
-    }
-  }
+  err = demo_start_signals(loop, app.signals, &app, on_signal);
   if (err == 0) {
     err = uvs_server_address(app.server, address, &size);
   }
@@ -711,7 +558,7 @@ int main(int argc, char** argv) {
 
 cleanup:
   for (i = 0; i < ARRAY_LEN(app.signals); i++) {
-    close_handle((uv_handle_t*) &app.signals[i]);
+    demo_close_handle((uv_handle_t*) &app.signals[i]);
   }
   /* Let the closes complete before uvs_server_close closes the loop. */
   uv_run(loop, UV_RUN_NOWAIT);

@@ -87,20 +87,19 @@
  * The command line is a contract (scripts and test/demos/test_echo.py drive
  * it): a bad flag, value or address prints one line to stderr and exits 2.
  */
+#include "../common.h"
+
 #include <uvs.h>
 
 #include <errno.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,12 +137,6 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-#if defined(__GNUC__) || defined(__clang__)
-# define ECHO_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#else
-# define ECHO_PRINTF(f, a)
-#endif
-
 /* The sync-mode signal handler may touch only lock-free atomics. */
 #if ATOMIC_INT_LOCK_FREE != 2 || ATOMIC_LLONG_LOCK_FREE != 2
 # error "uvs-echo needs lock-free atomic int and long long"
@@ -162,8 +155,8 @@ typedef struct echo_options_s {
 /* The program's state, hung on the server (uvs_server_set_data). */
 typedef struct echo_app_s {
   uvs_server_t* server;
-  uv_signal_t signals[3]; /* event, thread and fork mode: see signums */
-  uv_async_t wake;        /* sync mode: a signal arrived */
+  uv_signal_t signals[DEMO_SIGNAL_COUNT]; /* event, thread and fork mode */
+  uv_async_t wake;                        /* sync mode: a signal arrived */
   uint64_t drain_ms;
   uint64_t deadline_ms; /* CLOCK_MONOTONIC ms at which the drain ends */
   uint64_t idle_ms;     /* sync mode: --idle-timeout, 0 for none */
@@ -172,9 +165,6 @@ typedef struct echo_app_s {
   int closing;          /* serve_forever has returned */
   int send_error_shown; /* event mode: a dropped reply was logged */
 } echo_app_t;
-
-/* The signals uvs-echo handles, in echo_app_t.signals. */
-static const int signums[3] = { SIGINT, SIGTERM, SIGUSR1 };
 
 /* Per-connection state (handler.state_size), event mode. */
 typedef struct echo_state_s {
@@ -287,20 +277,6 @@ static const char usage_notes[] =
 
 /* ---- Command line ---------------------------------------------------- */
 
-/* Prints "uvs-echo: MESSAGE" as one line to stderr and exits 2. */
-static _Noreturn void usage_error(const char* fmt, ...) ECHO_PRINTF(1, 2);
-
-static _Noreturn void usage_error(const char* fmt, ...) {
-  va_list ap;
-  fputs("uvs-echo: ", stderr);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  exit(2);
-}
-
-
 /* Parses a non-negative number of seconds, fractions allowed, into
  * milliseconds. Returns 0, or -1 for anything else. */
 static int parse_seconds(const char* text, uint64_t* ms) {
@@ -317,39 +293,8 @@ static int parse_seconds(const char* text, uint64_t* ms) {
 }
 
 
-/* Parses a decimal count from 1 to UINT_MAX. Returns 0, or -1 for anything
- * else (strtoul alone would take a sign, spaces and "0x"). */
-static int parse_count(const char* text, unsigned* count) {
-  unsigned long long n = 0;
-  const char* p;
-
-  if (*text == '\0') {
-    return -1;
-  }
-  for (p = text; *p != '\0'; p++) {
-    if (*p < '0' || *p > '9') {
-      return -1;
-    }
-    n = n * 10 + (unsigned) (*p - '0');
-    if (n > UINT_MAX) {
-      return -1;
-    }
-  }
-  if (n == 0) {
-    return -1;
-  }
-  *count = (unsigned) n;
-  return 0;
-}
-
-
-/* Is `arg`, up to `len` bytes, the flag `name`? */
-static int flag_is(const char* arg, size_t len, const char* name) {
-  return strlen(name) == len && strncmp(arg, name, len) == 0;
-}
-
-
 static void parse_args(int argc, char** argv, echo_options_t* opts) {
+  uint64_t n;
   int i;
 
   opts->listen = "tcp://127.0.0.1:9999";
@@ -367,15 +312,15 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
     size_t len = eq != NULL ? (size_t) (eq - arg) : strlen(arg);
 
     if (strncmp(arg, "--", 2) != 0) {
-      usage_error("unexpected argument '%s' (see --help)", arg);
+      demo_usage_error("unexpected argument '%s' (see --help)", arg);
     }
 
     /* Flags without a value. */
-    if (flag_is(arg, len, "--help") || flag_is(arg, len, "--quiet")) {
+    if (demo_flag_is(arg, len, "--help") || demo_flag_is(arg, len, "--quiet")) {
       if (value != NULL) {
-        usage_error("%.*s takes no value", (int) len, arg);
+        demo_usage_error("%.*s takes no value", (int) len, arg);
       }
-      if (flag_is(arg, len, "--help")) {
+      if (demo_flag_is(arg, len, "--help")) {
         fputs(usage_text, stdout);
         fputs(usage_notes, stdout);
         exit(0);
@@ -385,37 +330,43 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
     }
 
     /* Every other flag takes a value: --flag VALUE or --flag=VALUE. */
-    if (!flag_is(arg, len, "--listen") && !flag_is(arg, len, "--mode") &&
-        !flag_is(arg, len, "--drain") && !flag_is(arg, len, "--threads") &&
-        !flag_is(arg, len, "--max-conns") &&
-        !flag_is(arg, len, "--idle-timeout")) {
-      usage_error("unknown flag '%.*s' (see --help)", (int) len, arg);
+    if (!demo_flag_is(arg, len, "--listen") &&
+        !demo_flag_is(arg, len, "--mode") &&
+        !demo_flag_is(arg, len, "--drain") &&
+        !demo_flag_is(arg, len, "--threads") &&
+        !demo_flag_is(arg, len, "--max-conns") &&
+        !demo_flag_is(arg, len, "--idle-timeout")) {
+      demo_usage_error("unknown flag '%.*s' (see --help)", (int) len, arg);
     }
     if (value == NULL) {
       if (i + 1 >= argc) {
-        usage_error("%s needs a value (see --help)", arg);
+        demo_usage_error("%s needs a value (see --help)", arg);
       }
       value = argv[++i];
     }
 
-    if (flag_is(arg, len, "--listen")) {
+    if (demo_flag_is(arg, len, "--listen")) {
       opts->listen = value;
-    } else if (flag_is(arg, len, "--drain")) {
+    } else if (demo_flag_is(arg, len, "--drain")) {
       if (parse_seconds(value, &opts->drain_ms) != 0) {
-        usage_error("bad --drain '%s': want seconds >= 0", value);
+        demo_usage_error("bad --drain '%s': want seconds >= 0", value);
       }
-    } else if (flag_is(arg, len, "--idle-timeout")) {
+    } else if (demo_flag_is(arg, len, "--idle-timeout")) {
       if (parse_seconds(value, &opts->idle_ms) != 0 || opts->idle_ms == 0) {
-        usage_error("bad --idle-timeout '%s': want seconds >= 0.001", value);
+        demo_usage_error("bad --idle-timeout '%s': want seconds >= 0.001",
+                         value);
       }
-    } else if (flag_is(arg, len, "--threads")) {
-      if (parse_count(value, &opts->threads) != 0) {
-        usage_error("bad --threads '%s': want a whole number >= 1", value);
+    } else if (demo_flag_is(arg, len, "--threads")) {
+      if (demo_parse_count(value, 1, UINT_MAX, &n) != 0) {
+        demo_usage_error("bad --threads '%s': want a whole number >= 1", value);
       }
-    } else if (flag_is(arg, len, "--max-conns")) {
-      if (parse_count(value, &opts->max_conns) != 0) {
-        usage_error("bad --max-conns '%s': want a whole number >= 1", value);
+      opts->threads = (unsigned) n;
+    } else if (demo_flag_is(arg, len, "--max-conns")) {
+      if (demo_parse_count(value, 1, UINT_MAX, &n) != 0) {
+        demo_usage_error("bad --max-conns '%s': want a whole number >= 1",
+                         value);
       }
+      opts->max_conns = (unsigned) n;
     } else { /* --mode */
       if (strcmp(value, "event") == 0) {
         opts->mode = UVS_MODE_EVENT;
@@ -426,7 +377,8 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
       } else if (strcmp(value, "fork") == 0) {
         opts->mode = UVS_MODE_FORKING;
       } else {
-        usage_error("bad --mode '%s': want event, sync, thread or fork", value);
+        demo_usage_error("bad --mode '%s': want event, sync, thread or fork",
+                         value);
       }
     }
   }
@@ -435,76 +387,13 @@ static void parse_args(int argc, char** argv, echo_options_t* opts) {
    * that would silently do nothing in another mode is more likely a
    * mistake than a wish, so it is refused rather than ignored. */
   if (opts->threads != 0 && opts->mode != UVS_MODE_THREADING) {
-    usage_error("--threads needs --mode thread");
-  }
-}
-
-
-/* Parses the address before anything is bound; exits 2 when it does not
- * parse. */
-static void check_address(const char* text, uvs_address_t* addr) {
-  int err = uvs_address_parse(text, addr);
-  if (err != 0) {
-    usage_error("bad address '%s': %s", text, uvs_strerror(err));
+    demo_usage_error("--threads needs --mode thread");
   }
 }
 
 
 static int is_datagram(uvs_transport_t transport) {
   return transport == UVS_TRANSPORT_UDP || transport == UVS_TRANSPORT_UNIXGRAM;
-}
-
-
-/* uvs_server_new failed for `text` with `err`: one line to stderr. uvs
- * never removes a file that is not a socket and reports it as
- * UV_EADDRINUSE, which would read as "somebody serves there"; say what it
- * is instead. */
-static void report_listen_error(const char* text,
-                                const uvs_address_t* addr,
-                                int err) {
-  const char* path = addr->u.un.sun_path;
-  struct stat st;
-
-  if (err == UV_EADDRINUSE &&
-      (addr->transport == UVS_TRANSPORT_UNIX ||
-       addr->transport == UVS_TRANSPORT_UNIXGRAM) &&
-      addr->len > offsetof(struct sockaddr_un, sun_path) && path[0] != '\0' &&
-      lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-    fprintf(stderr,
-            "uvs-echo: cannot listen on %s: %s exists and is not a socket "
-            "(left as it is)\n",
-            text,
-            path);
-    return;
-  }
-  fprintf(stderr,
-          "uvs-echo: cannot listen on %s: %s (%s)\n",
-          text,
-          uvs_strerror(err),
-          uvs_err_name(err));
-}
-
-
-/* Errors of uvs_server_new that mean "bad address or options" (exit 2)
- * rather than "could not bind" (exit 1). */
-static int is_usage_error(int err) {
-  switch (err) {
-  case UV_EINVAL:
-  case UV_ENOTSUP:
-  case UV_ENAMETOOLONG:
-  case UV_EAI_ADDRFAMILY:
-  case UV_EAI_AGAIN:
-  case UV_EAI_BADFLAGS:
-  case UV_EAI_FAIL:
-  case UV_EAI_FAMILY:
-  case UV_EAI_NODATA:
-  case UV_EAI_NONAME:
-  case UV_EAI_SERVICE:
-  case UV_EAI_SOCKTYPE:
-    return 1;
-  default:
-    return 0;
-  }
 }
 
 
@@ -546,35 +435,6 @@ static void begin_drain(echo_app_t* app, uint64_t signal_ms) {
     fprintf(stderr, "uvs-echo: cannot drain: %s\n", uvs_strerror(err));
     uvs_server_shutdown(app->server); /* uvs_server_close closes the rest */
   }
-}
-
-
-/* SIGUSR1: every counter of uvs_stats_t, in its order, on one line. */
-static void print_stats(const uvs_server_t* server) {
-  uvs_stats_t s;
-
-  if (uvs_server_stats(server, &s) != 0) {
-    return;
-  }
-  fprintf(stderr,
-          "stats: accepted=%" PRIu64 " active=%" PRIu64 " children=%" PRIu64
-          " rejected_verify=%" PRIu64 " rejected_limit=%" PRIu64
-          " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " handler_errors=%" PRIu64
-          " conn_errors=%" PRIu64 " timeouts=%" PRIu64 " accept_errors=%" PRIu64
-          " datagrams_oversize=%" PRIu64 " datagrams_dropped=%" PRIu64 "\n",
-          s.accepted,
-          s.active,
-          s.children,
-          s.rejected_verify,
-          s.rejected_limit,
-          s.bytes_in,
-          s.bytes_out,
-          s.handler_errors,
-          s.conn_errors,
-          s.timeouts,
-          s.accept_errors,
-          s.datagrams_oversize,
-          s.datagrams_dropped);
 }
 
 
@@ -781,7 +641,7 @@ static int fork_child_setup(uvs_conn_t* conn) {
  * Returns nonzero once SIGINT/SIGTERM has arrived. */
 static int sync_poll_signal(echo_app_t* app) {
   if (atomic_exchange(&sync_stats, 0) != 0) {
-    print_stats(app->server);
+    demo_print_stats(app->server);
   }
   if (atomic_load(&sync_signals) == 0) {
     return 0;
@@ -915,7 +775,7 @@ static void on_signal(uv_signal_t* handle, int signum) {
 
   if (signum == SIGUSR1) {
     if (!app->closing) { /* uvs_server_stats is not for a closing server */
-      print_stats(app->server);
+      demo_print_stats(app->server);
     }
     return;
   }
@@ -997,14 +857,6 @@ static int install_sync_signals(echo_app_t* app) {
 }
 
 
-/* Closes a handle that was initialized (uv_*_init sets its loop). */
-static void close_handle(uv_handle_t* handle) {
-  if (uv_handle_get_loop(handle) != NULL && !uv_is_closing(handle)) {
-    uv_close(handle, NULL);
-  }
-}
-
-
 /* ---- main ------------------------------------------------------------ */
 
 /* Fills in the handler and the limits for the mode and the transport. */
@@ -1066,8 +918,9 @@ int main(int argc, char** argv) {
   int status = 0;
   int err;
 
+  demo_set_program("uvs-echo");
   parse_args(argc, argv, &opts);
-  check_address(opts.listen, &addr);
+  demo_check_address(opts.listen, &addr);
 
   uvs_config_init(&config);
   config.mode = opts.mode;
@@ -1093,9 +946,9 @@ int main(int argc, char** argv) {
   /* It binds and listens now. */
   err = uvs_server_new(&loop, &app.server, opts.listen, &handler, &config);
   if (err != 0) {
-    report_listen_error(opts.listen, &addr, err);
+    demo_report_listen_error(opts.listen, &addr, err);
     (void) uv_loop_close(&loop);
-    return is_usage_error(err) ? 2 : 1;
+    return demo_is_usage_error(err) ? 2 : 1;
   }
   uvs_server_set_data(app.server, &app);
 
@@ -1105,12 +958,7 @@ int main(int argc, char** argv) {
       err = install_sync_signals(&app);
     }
   } else {
-    for (i = 0; i < ARRAY_LEN(app.signals) && err == 0; i++) {
-      app.signals[i].data = &app;
-      if ((err = uv_signal_init(&loop, &app.signals[i])) == 0) {
-        err = uv_signal_start(&app.signals[i], on_signal, signums[i]);
-      }
-    }
+    err = demo_start_signals(&loop, app.signals, &app, on_signal);
   }
   if (err == 0) {
     err = uvs_server_address(app.server, address, &size);
@@ -1136,11 +984,11 @@ cleanup:
   /* A signal from now on must not touch the async handle being closed;
    * the handler still counts it, so a second one still exits at once. */
   atomic_store(&sync_wake_live, 0);
-  close_handle((uv_handle_t*) &app.wake);
+  demo_close_handle((uv_handle_t*) &app.wake);
   /* After the drain nothing is left to close but the server itself. */
   uvs_server_close(app.server, NULL);
   for (i = 0; i < ARRAY_LEN(app.signals); i++) {
-    close_handle((uv_handle_t*) &app.signals[i]);
+    demo_close_handle((uv_handle_t*) &app.signals[i]);
   }
   uv_run(&loop, UV_RUN_NOWAIT);
   if (uv_loop_close(&loop) != 0) {
