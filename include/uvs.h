@@ -731,7 +731,8 @@ UVS_EXTERN unsigned uvs_server_child_count(const uvs_server_t* server);
  * would take the unsent bytes past config->max_write_queue (the
  * connection is reset, since its peer is not reading, and nothing more is
  * sent), or UV_ENOMEM (in event mode part of the bytes may be out, so the
- * connection is closed too; in threading mode nothing was queued). A send error
+ * connection is closed too; in threading mode nothing of `data` was queued,
+ * though what the handler's uvs_write buffered may have been). A send error
  * closes the connection and reaches on_close and handle_error. Threads:
  * any in threading mode (fan-out to other connections); the loop's
  * otherwise. */
@@ -853,8 +854,9 @@ UVS_EXTERN int uvs_sendall(uvs_conn_t* conn, const void* data, size_t len);
 
 /** Writes `len` bytes through the request's write buffer of
  * config->wbufsize bytes (wfile.write): with wbufsize 0, the same as
- * uvs_sendall; otherwise bytes collect until the buffer is full or
- * uvs_flush. Returns 0 or an error. Datagram requests: every write goes
+ * uvs_sendall; otherwise bytes collect until the buffer is full, uvs_flush,
+ * or the handler's uvs_conn_write (which sends after them). Returns 0 or
+ * an error. Datagram requests: every write goes
  * into the reply, which must stay within config->max_packet_size
  * (UV_EMSGSIZE, nothing of that write added). Threads: handler. */
 UVS_EXTERN int uvs_write(uvs_conn_t* conn, const void* data, size_t len);

@@ -587,16 +587,19 @@ typedef struct uvs__io_s {
                        * once for it into `in` (only it takes bytes) */
   bool want_flush;    /* `out` has bytes for the loop */
   bool want_close;    /* uvs_conn_close from a thread */
-  bool graceful;   /* ended by a graceful close: the final flush still goes */
-  bool want_abort; /* uvs_conn_abort, or over max_write_queue */
-  bool over_cap;   /* the abort is for max_write_queue (UV_ENOBUFS) */
-  bool done;       /* the handler has finished */
-  bool orphaned;   /* the server closed without waiting: the worker frees */
-  bool threaded;   /* threading mode (else sync: fd-direct, no lock) */
-  bool fd_closed;  /* threading: the loop closed the descriptor */
-  bool shut;       /* threading: the loop began closing: the socket is
-                    * the loop's alone (no direct recv or send) */
-  int wait_room;   /* threading: threads waiting for output to leave */
+  bool graceful;    /* ended by a graceful close: the final flush still goes */
+  bool want_abort;  /* uvs_conn_abort, or over max_write_queue */
+  bool over_cap;    /* the abort is for max_write_queue (UV_ENOBUFS) */
+  bool done;        /* the handler has finished */
+  bool orphaned;    /* the server closed without waiting: the worker frees */
+  bool threaded;    /* threading mode (else sync: fd-direct, no lock) */
+  bool fd_closed;   /* threading: the loop closed the descriptor */
+  bool handler_set; /* `handler` is the thread running the handler */
+  uv_thread_t handler; /* under the lock: uvs_conn_write from it goes
+                        * behind what uvs_write buffered */
+  bool shut;           /* threading: the loop began closing: the socket is
+                        * the loop's alone (no direct recv or send) */
+  int wait_room;       /* threading: threads waiting for output to leave */
   /* Copied from the server, which a detached worker may outlive. */
   uvs_request_cb setup;
   uvs_request_cb handle;
@@ -610,8 +613,7 @@ typedef struct uvs__io_s {
   uint64_t write_timeout_ms; /* 0: none (threading: the loop times it) */
   uint64_t idle_timeout_ms;  /* 0: none (threading: the loop times it) */
   uint64_t last_io_ns;       /* sync and forked: uv_hrtime of the last byte */
-  /* Handler thread only (threading: `handler`, set before it runs). */
-  uv_thread_t handler;
+  /* Handler thread only. */
   int64_t timeout_ms;
   char* wbuf;
   size_t wlen;

@@ -207,6 +207,7 @@ int uvs__reqio_run(uvs_conn_t* conn) {
   /* Under the lock: other threads read it (uvs__reqio_write_any). */
   lock(io);
   io->handler = uv_thread_self();
+  io->handler_set = true;
   unlock(io);
   uvs__callback_depth++;
   r = io->setup != NULL ? io->setup(conn) : 0;
@@ -1215,15 +1216,20 @@ static bool over_queue_cap(const uvs__io_t* io, size_t len) {
 }
 
 
-/* Threading: is the caller the request's handler (the owner of wbuf)? */
+/* Threading, lock held: is the caller the request's handler (the owner of
+ * wbuf)? */
 static bool on_handler_thread(const uvs__io_t* io) {
-  uv_thread_t self = uv_thread_self();
+  uv_thread_t self;
+  if (!io->handler_set)
+    return false;
+  self = uv_thread_self();
   return uv_thread_equal(&self, &io->handler) != 0;
 }
 
 
 int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
   uvs__io_t* io = conn->io;
+  size_t moved = 0;
   int r;
 
   if (io->dgram) {
@@ -1238,9 +1244,15 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
     return r == UV_ECANCELED ? UV_EPIPE : r;
   }
   uv_mutex_lock(&io->lock);
+  /* From the handler: behind what uvs_write buffered, as in sync mode,
+   * without waiting (the buffer joins the queue first, and counts against
+   * the cap with the new bytes). From another thread the two are not
+   * ordered, and the buffer is not its to read. */
+  if (len > 0 && on_handler_thread(io))
+    moved = io->wlen;
   if (io->error != 0) {
     r = io->error == UV_ECANCELED ? UV_EPIPE : io->error;
-  } else if (over_queue_cap(io, len)) {
+  } else if (len > SIZE_MAX - moved || over_queue_cap(io, len + moved)) {
     /* The peer is not reading: cut it off rather than hold memory. Its
      * handler's request I/O sees the server's close (UV_ECANCELED), not
      * this writer's UV_ENOBUFS, which would read as a line too long. */
@@ -1253,11 +1265,8 @@ int uvs__reqio_write_any(uvs_conn_t* conn, const void* data, size_t len) {
     r = UV_ENOBUFS;
   } else {
     r = 0;
-    /* From the handler: behind what uvs_write buffered, as in sync mode,
-     * without waiting (the buffer joins the queue first). From another
-     * thread the two are not ordered, and the buffer is not its to read. */
-    if (len > 0 && on_handler_thread(io) && io->wlen > 0) {
-      r = queue_out(conn, io->wbuf, io->wlen);
+    if (moved > 0) {
+      r = queue_out(conn, io->wbuf, moved);
       if (r == 0)
         io->wlen = 0;
     }

@@ -913,6 +913,38 @@ static void conn_write_after_buffer(uvs_mode_t mode) {
 BOTH(conn_write_after_buffer)
 
 
+/* Threading: the buffer a handler's uvs_conn_write moves into the queue
+ * counts against max_write_queue with the new bytes: 6000 buffered bytes
+ * and 1 more are past four times a 1024-byte cap, however small the
+ * write itself. */
+static int buffered_cap_handle(uvs_conn_t* conn) {
+  ctx_t* ctx = ctx_of(conn);
+  static const char block[6000];
+  ASSERT_OK(uvs_write(conn, block, sizeof(block)));
+  ctx->result = uvs_conn_write(conn, "x", 1);
+  atomic_fetch_add(&ctx->handled, 1);
+  return 0;
+}
+
+static void conn_write_buffer_counts_in_cap(void) {
+  uvs_config_t config;
+  fixture_t fx;
+  ctx_t ctx;
+  int fd;
+
+  config_for(&config, UVS_MODE_THREADING);
+  config.wbufsize = 8192;
+  config.max_write_queue = 1024;
+  start(&fx, &ctx, buffered_cap_handle, &config, 1);
+  fd = test_connect("127.0.0.1", fx.port);
+  wait_step(&ctx.handled, 1);
+  ASSERT_ERR(ctx.result, UV_ENOBUFS);
+  close(fd);
+  ASSERT_EQ(atomic_load(&ctx.errors), 0);
+  stop(&fx);
+}
+
+
 /* After uvs_conn_close in the handler, uvs_conn_write returns UV_EPIPE (as
  * the header says) and sends nothing: the client reads EOF only. */
 static int write_after_close_handle(uvs_conn_t* conn) {
@@ -2131,6 +2163,7 @@ static const test_case_t cases[] = {
   CASES(sendall_timeout),
   CASES(write_buffered),
   CASES(conn_write_after_buffer),
+  { "conn_write_buffer_counts_in_cap", conn_write_buffer_counts_in_cap },
   CASES(conn_write_after_close),
   CASES(write_unbuffered),
   CASES(disable_nagle_algorithm),
