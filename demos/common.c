@@ -5,8 +5,9 @@
  * parsing and address check; the exit status and the "cannot listen on"
  * line when uvs_server_new fails; the SIGUSR1 counters line; and the
  * SIGINT/SIGTERM/SIGUSR1 handles of the modes that run the loop. Every
- * message starts with the program name given to demo_set_program, so each
- * demo prints exactly what it printed with its own copy.
+ * message but the stats line starts with the program name given to
+ * demo_set_program, so each demo prints exactly what it printed with its
+ * own copy.
  */
 #include "common.h"
 
@@ -60,13 +61,15 @@ int demo_parse_count(const char* text,
     return -1;
   }
   for (p = text; *p != '\0'; p++) {
+    uint64_t digit;
     if (*p < '0' || *p > '9') {
       return -1;
     }
-    if (value > (max - (uint64_t) (*p - '0')) / 10) {
+    digit = (uint64_t) (*p - '0');
+    if (digit > max || value > (max - digit) / 10) {
       return -1; /* past max, and never wrapping around */
     }
-    value = value * 10 + (uint64_t) (*p - '0');
+    value = value * 10 + digit;
   }
   if (value < min) {
     return -1;

@@ -2,9 +2,10 @@
 /*
  * uvs-chat: the line chat of DESIGN.md section 4, one protocol (chat.c)
  * over uvs's two handler styles, on a stream address (tcp:// or unix:;
- * a datagram address exits 2). This file holds the command line, the
- * signal handling and the two front ends, whose only job is to turn bytes
- * into lines and tell the room when a client comes and goes:
+ * a datagram address exits 2). This file holds the command line and the
+ * signal handling (on the helpers it shares with uvs-echo, common.c) and
+ * the two front ends, whose only job is to turn bytes into lines and tell
+ * the room when a client comes and goes:
  *
  * - event mode (the default): on_open joins; on_data assembles lines in a
  *   per-connection buffer that exists only while a line is incomplete and
