@@ -32,12 +32,25 @@
 
 /* ---- Asserts --------------------------------------------------------- */
 
+/* A failing case first ends the rest of its process group when it leads
+ * one (meson runs each test in a session of its own; a test started from
+ * a shell does not lead its group and leaves it alone): a forking server's
+ * children would otherwise outlive the test, holding its output pipe open
+ * so that meson waits for them forever. Async-signal-safe. */
+static inline void test__end_group(void) {
+  if (getpgrp() == getpid()) {
+    signal(SIGTERM, SIG_IGN);
+    kill(0, SIGTERM);
+  }
+}
+
 #define TEST__FAIL(...)                                       \
  do {                                                         \
   fprintf(stdout, "# %s:%d: ", __FILE__, __LINE__);           \
   fprintf(stdout, __VA_ARGS__);                               \
   fprintf(stdout, "\nBail out! %s:%d\n", __FILE__, __LINE__); \
   fflush(stdout);                                             \
+  test__end_group();                                          \
   abort();                                                    \
  } while (0)
 
@@ -140,6 +153,7 @@ static inline void test_on_alarm(int sig) {
   static const char msg[] = "Bail out! case timed out\n";
   (void) sig;
   (void) !write(1, msg, sizeof(msg) - 1);
+  test__end_group();
   _exit(1);
 }
 
