@@ -274,6 +274,18 @@ void uvs__reqio_cancel(uvs_conn_t* conn, int err) {
 
 /* ---- Threading: waking a waiting worker ------------------------------ */
 
+/* Threading, lock held: the worker's own receive or send failed with
+ * `err` (a reset): the connection ends with it, and the loop closes it
+ * (io->failed). Returns `err`. */
+static int socket_failed(uvs_conn_t* conn, int err) {
+  uvs__io_t* io = conn->io;
+  io->error = err;
+  io->failed = err;
+  uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
+  return err;
+}
+
+
 /* Threading, lock held: the descriptor is still the worker's to receive
  * from, send on or wait on. The loop sets io->fd_closed or io->shut under
  * the lock before it reads it for the FIN, shuts it down or closes it,
@@ -491,17 +503,22 @@ static int fd_fill(uvs_conn_t* conn, deadline_t deadline) {
 
 /* Threading, lock held: a cold wait for input. The loop reads the socket
  * once for the worker (conn.c: io->loop_reads) and wakes it on the
- * condition. Returns 0 to look again, or the request timeout's error. */
-static int wait_cold(uvs_conn_t* conn, deadline_t d) {
+ * condition (go_cold asks it to). Returns 0 to look again, or the request
+ * timeout's error. */
+static void go_cold(uvs_conn_t* conn) {
   uvs__io_t* io = conn->io;
-  int r;
-
   drop_wake_fd(io);
   if (!io->loop_reads) {
     io->loop_reads = true;
     uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
   }
-  r = cond_wait(io, d.at);
+}
+
+static int wait_cold(uvs_conn_t* conn, deadline_t d) {
+  int r;
+
+  go_cold(conn);
+  r = cond_wait(conn->io, d.at);
   if (r == UV_ETIMEDOUT && d.closes)
     return end_timed_out(conn, false);
   return r;
@@ -556,11 +573,8 @@ static int wait_socket(uvs_conn_t* conn, deadline_t d) {
   io->polling = false;
   /* Quiet for a while, no deadline reached, and (the lock was let go)
    * still ours to wait on: turn cold. */
-  if (r == 0 && ms == HOT_WAIT_MS && io->error == 0 && socket_ours(io)) {
-    drop_wake_fd(io);
-    io->loop_reads = true;
-    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
-  }
+  if (r == 0 && ms == HOT_WAIT_MS && io->error == 0 && socket_ours(io))
+    go_cold(conn);
   return 0;
 }
 
@@ -706,12 +720,8 @@ static ssize_t thread_recv(uvs_conn_t* conn,
         io->eof = true;
         return 0;
       }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        io->error = UVS__ERR(errno);
-        io->failed = io->error;
-        uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
-        return io->error;
-      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return socket_failed(conn, UVS__ERR(errno));
     }
     wait_first = false;
     r = wait_socket(conn, d);
@@ -751,6 +761,14 @@ static int wait_input(uvs_conn_t* conn, deadline_t deadline) {
 }
 
 
+/* Threading, lock held: the next bytes come from the socket straight into
+ * the caller's buffer (thread_recv), none being queued ahead of them. */
+static bool receives_direct(const uvs__io_t* io) {
+  return io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
+         !io->eof;
+}
+
+
 /* Moves up to `n` (> 0) bytes of input into `dst`, waiting for some.
  * Queued bytes go first; with none queued a threading worker receives
  * straight into `dst`. Returns the count, 0 at EOF, or an error.
@@ -762,8 +780,7 @@ static ssize_t take_input(uvs_conn_t* conn,
   uvs__io_t* io = conn->io;
   ssize_t r;
 
-  if (io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
-      !io->eof) {
+  if (receives_direct(io)) {
     bool queued;
     r = thread_recv(conn, dst, n, 0, deadline, &queued);
     if (!queued)
@@ -879,8 +896,7 @@ ssize_t uvs_readline(uvs_conn_t* conn, char* buf, size_t size) {
   /* Bytes move into the caller's buffer as they arrive, so a long line
    * never grows the queue. */
   while (!newline && done < size - 1) {
-    if (io->threaded && io->in.len == 0 && io->error != UV_ECANCELED &&
-        !io->eof) {
+    if (receives_direct(io)) {
       bool queued;
       r = thread_recv(conn, buf + done, size - 1 - done, 0, deadline, &queued);
       if (queued)
@@ -1010,14 +1026,10 @@ static ssize_t send_direct(uvs_conn_t* conn, const char* data, size_t len) {
   while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
     return 0;
-  if (n < 0) {
-    /* The socket reports an error once: keep it for the handler and the
-     * loop, rather than let the loop's write meet a bare EPIPE. */
-    io->error = UVS__ERR(errno);
-    io->failed = io->error;
-    uvs__mailbox_post(conn->server->mailbox, &conn->io->msg);
-    return io->error;
-  }
+  /* The socket reports an error once: keep it for the handler and the
+   * loop, rather than let the loop's write meet a bare EPIPE. */
+  if (n < 0)
+    return socket_failed(conn, UVS__ERR(errno));
   io->direct_ms = uv_hrtime() / 1000000;
   uvs__stat_add(&conn->server->stats.workers_bytes_out, (uint64_t) n);
   return n;

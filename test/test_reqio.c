@@ -1107,13 +1107,23 @@ static void direct_sends_are_not_idle(void) {
 
 #define IDLE_MS 500
 
-/* Echoes until the connection ends. */
+/* Whether the connection's socket is in blocking mode now. */
+static int is_blocking(uvs_conn_t* conn) {
+  int flags = fcntl(uvs_conn_fileno(conn), F_GETFL);
+  ASSERT_GE(flags, 0);
+  return (flags & O_NONBLOCK) == 0;
+}
+
+/* Echoes until the connection ends; counts its receives (ctx->max_out) and
+ * notes whether the socket was blocking after the first (ctx->nodelay). */
 static int echo_until_end_handle(uvs_conn_t* conn) {
   ctx_t* ctx = ctx_of(conn);
   char buf[64];
   ssize_t n;
 
   while ((n = uvs_recv(conn, buf, sizeof(buf))) > 0) {
+    if (ctx->max_out++ == 0)
+      ctx->nodelay = is_blocking(conn);
     if (uvs_sendall(conn, buf, (size_t) n) != 0)
       break;
   }
@@ -1744,12 +1754,6 @@ static void close_cancels_recv(void) {
  * blocking recv on its socket, which it puts in blocking mode; the loop
  * puts it back before libuv reads or writes it. */
 
-static int is_blocking(uvs_conn_t* conn) {
-  int flags = fcntl(uvs_conn_fileno(conn), F_GETFL);
-  ASSERT_GE(flags, 0);
-  return (flags & O_NONBLOCK) == 0;
-}
-
 /* Waits (on the test thread) until the handler of `conn` has put its
  * socket in blocking mode: it is in, or entering, its blocking recv. */
 static void wait_blocking(uvs_conn_t* conn) {
@@ -1759,25 +1763,6 @@ static void wait_blocking(uvs_conn_t* conn) {
       TEST__FAIL("the socket never became blocking");
     sleep_ms(1);
   }
-}
-
-/* Echoes until EOF; notes whether the socket was blocking after the first
- * receive (ctx->nodelay) and in the most receives afterwards (max_in). */
-static int blocking_echo_handle(uvs_conn_t* conn) {
-  ctx_t* ctx = ctx_of(conn);
-  char buf[64];
-  ssize_t n;
-
-  while ((n = uvs_recv(conn, buf, sizeof(buf))) > 0) {
-    if (ctx->max_out == 0)
-      ctx->nodelay = is_blocking(conn);
-    ctx->max_out++;
-    if (uvs_sendall(conn, buf, (size_t) n) != 0)
-      break;
-  }
-  ctx->result = n;
-  atomic_fetch_add(&ctx->handled, 1);
-  return 0;
 }
 
 static void round_trips(int fd, int count) {
@@ -1802,7 +1787,7 @@ static void blocking_recv_echo(void) {
 
   config_for(&config, UVS_MODE_THREADING);
   config.request_timeout_ms = -1;
-  start(&fx, &ctx, blocking_echo_handle, &config, 1);
+  start(&fx, &ctx, echo_until_end_handle, &config, 1);
   fd = test_connect("127.0.0.1", fx.port);
   round_trips(fd, 200);
   for (i = 0; i < 3; i++) {
