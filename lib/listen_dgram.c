@@ -464,7 +464,8 @@ static int unix_send(uvs_server_t* server,
   p->since = uv_now(server->loop);
   p->peer = *peer;
   p->len = len;
-  memcpy(p->data, data, len);
+  if (len > 0) /* an empty reply may come with data NULL */
+    memcpy(p->data, data, len);
   uvs__list_push(&server->dgram_queue, &p->node);
   server->dgram_queue_len++;
   server->dgram_queue_bytes += len;
@@ -574,7 +575,8 @@ static int udp_send(uvs_server_t* server,
   s->server = server;
   s->peer = *peer;
   s->len = len;
-  memcpy(s->data, data, len);
+  if (len > 0) /* an empty reply may come with data NULL */
+    memcpy(s->data, data, len);
   buf = uv_buf_init(s->data, (unsigned int) len);
   r = uv_udp_send(&s->req, &server->udp, &buf, 1, &peer->u.sa, on_udp_sent);
   if (r != 0)

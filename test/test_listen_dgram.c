@@ -3,8 +3,8 @@
  * The datagram listener's edges (lib/listen_dgram.c), each case a defect a
  * review found, failing before its fix: the in-flight bound on unixgram
  * requests in threading mode, uvs_server_send_to on an unbound socket, a
- * datagram reply written through wbufsize, and sync mode serving one UDP
- * request per loop iteration.
+ * datagram reply written through wbufsize, sync mode serving one UDP
+ * request per loop iteration, and an empty reply that has to wait.
  *
  * Threads: the test thread runs the server's loop by hand; a client
  * pthread floods in the bound case. Every wait is bounded.
@@ -283,12 +283,86 @@ static void sync_unixgram_one_per_iteration(void) {
 }
 
 
+/* ---- An empty reply that has to wait ---------------------------------- */
+
+/* uvs_server_send_to with no bytes (data NULL, len 0) to a receiver whose
+ * queue is full waits in the server's queue like any reply and arrives,
+ * empty, after the ones before it (queueing it passed NULL to memcpy,
+ * which UBSan reports). */
+static void empty_send_to_waits(void) {
+  uvs_handler_t handler;
+  uvs_server_t* server;
+  uvs_address_t peer;
+  struct sockaddr_un sun;
+  uv_loop_t loop;
+  tmp_path_t t;
+  char cpath[128];
+  char caddr[160];
+  char buf[16];
+  uint64_t deadline;
+  int sent = 0;
+  int got = 0;
+  ssize_t n = -1;
+  int fd;
+
+  tmp_path(&t, "unixgram");
+  snprintf(cpath, sizeof(cpath), "%s/c", t.dir);
+  snprintf(caddr, sizeof(caddr), "unixgram:%s", cpath);
+  ASSERT_OK(uv_loop_init(&loop));
+  memset(&handler, 0, sizeof(handler));
+  ASSERT_OK(uvs_server_new(&loop, &server, t.addr, &handler, NULL));
+  ASSERT_OK(uvs_server_start(server));
+  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  memset(&sun, 0, sizeof(sun));
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, cpath, strlen(cpath) + 1);
+  ASSERT_EQ(bind(fd, (struct sockaddr*) &sun, sizeof(sun)), 0);
+  ASSERT_OK(uvs_address_parse(caddr, &peer));
+
+  /* Fill the client's receive queue until the server has to queue. */
+  while (server->dgram_queue_len == 0 && sent < 4096) {
+    ASSERT_OK(uvs_server_send_to(server, &peer, "d", 1));
+    sent++;
+  }
+  ASSERT_EQ(server->dgram_queue_len, 1);
+  ASSERT_OK(uvs_server_send_to(server, &peer, NULL, 0));
+  ASSERT_EQ(server->dgram_queue_len, 2);
+
+  /* Read everything: the queued replies follow, the empty one last. */
+  deadline = test_now_ms() + IO_TIMEOUT;
+  while (got <= sent && test_now_ms() < deadline) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) {
+      ASSERT_TRUE(errno == EAGAIN || errno == EINTR);
+      usleep(1000);
+      continue;
+    }
+    got++;
+    if (got <= sent) {
+      ASSERT_EQ(n, 1);
+      ASSERT_EQ(buf[0], 'd');
+    }
+  }
+  ASSERT_EQ(got, sent + 1);
+  ASSERT_EQ(n, 0);
+  ASSERT_EQ(server->dgram_queue_len, 0);
+  close(fd);
+  unlink(cpath);
+  ASSERT_OK(uvs_server_close(server, NULL));
+  test_loop_close(&loop);
+  tmp_path_done(&t);
+}
+
+
 static const test_case_t cases[] = {
   { "unixgram_inflight_bound", unixgram_inflight_bound },
   { "send_to_needs_bind", send_to_needs_bind },
   { "dgram_reply_through_wbuf", dgram_reply_through_wbuf },
   { "sync_udp_one_per_iteration", sync_udp_one_per_iteration },
   { "sync_unixgram_one_per_iteration", sync_unixgram_one_per_iteration },
+  { "empty_send_to_waits", empty_send_to_waits },
 };
 
 TEST_MAIN(cases)
