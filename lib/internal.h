@@ -571,7 +571,9 @@ typedef struct uvs__io_s {
                        * this: the loop closes the connection with it */
   int wake_fd;        /* threading: the polling worker's eventfd (`polling`) */
   uint64_t direct_ms; /* threading: uv_hrtime in ms of the worker's last
-                       * byte either way (0: none yet), idle progress */
+                       * byte either way (0: none yet), idle progress;
+                       * kept only with an idle timeout (`idle_tracked`) */
+  bool idle_tracked;  /* threading: the server has an idle timeout */
   bool eof;           /* the peer's FIN follows the bytes in `in` */
   bool polling;       /* threading: the worker waits in poll(2) for input */
   bool blocking;      /* threading: the socket is in blocking mode, for the
