@@ -58,7 +58,10 @@ static inline void uvs__list_remove(uvs__list_t* node) {
 /* > 0 while this thread runs a uvs user callback, of any server: a loop is
  * running on this thread then, so nothing may run a loop again (libuv's
  * uv_run is not re-entrant). Defined in server.c. */
-extern _Thread_local int uvs__callback_depth;
+/* initial-exec: the hot path counts every callback, and the default model
+ * of a shared library reaches a thread-local through __tls_get_addr. */
+extern _Thread_local int uvs__callback_depth
+    __attribute__((tls_model("initial-exec")));
 
 
 /* ---- alloc.c --------------------------------------------------------- */
@@ -621,16 +624,13 @@ typedef struct uvs__io_s {
   size_t wlen;
 } uvs__io_t;
 
+/* Field order is for the event-mode hot path: what a read, a write and
+ * uvs_conn_state touch per message follows the handle, and the per-request
+ * state follows that, so a message touches libuv's handle and one or two
+ * lines more; what only opening, closing, timeouts and the blocking modes
+ * use comes first. */
 struct uvs_conn_s {
-  union {
-    uv_tcp_t tcp;   /* tcp:// */
-    uv_pipe_t pipe; /* unix: */
-    uv_stream_t stream;
-    uv_handle_t handle;
-  } h; /* unused by a datagram request, which has no handle */
-  uvs_server_t* server;
   uvs__list_t node;
-  uvs__io_t* io; /* blocking modes */
   uvs_address_t peer;
   uint64_t id;
   /* Timeouts (timeout.c): a node on the server's queue of each kind
@@ -639,11 +639,9 @@ struct uvs_conn_s {
     uvs__list_t node;
     uint64_t due;
   } timeout[UVS__TIMEOUT_KINDS];
-  size_t write_queued; /* bytes in queued uv_write requests */
-  size_t write_mark;   /* libuv's write queue size at the last look */
+  size_t write_mark; /* libuv's write queue size at the last look */
   uv_shutdown_t shutdown_req;
   uv_timer_t* close_timer;
-  void* state;
   int status; /* reason for on_close */
   int pending_closes;
   uv_os_sock_t fd;
@@ -653,16 +651,27 @@ struct uvs_conn_s {
   bool fd_adopted;     /* the handle owns the fd (sync: after the handler) */
   bool opened;         /* on_open ran */
   bool eof;            /* the peer's FIN arrived */
-  bool read_paused;    /* by uvs_conn_read_stop */
-  bool closing;        /* graceful close or abort under way */
   bool shut_done;      /* our FIN is out: everything was sent */
-  bool handle_closing; /* uv_close called, or deferred (close_deferred) */
   bool close_deferred; /* threading: uv_close waits for the worker to leave
                         * a blocking recv (io->in_recv) */
   bool shutdown_notified;
   bool request_pending; /* uvs_conn_request_pending: read timeout runs */
   bool dgram;  /* a datagram request: no handle, `fd` is the server's */
   bool forked; /* in a forked child: never touches the loop */
+  union {
+    uv_tcp_t tcp;   /* tcp:// */
+    uv_pipe_t pipe; /* unix: */
+    uv_stream_t stream;
+    uv_handle_t handle;
+  } h; /* unused by a datagram request, which has no handle */
+  /* Per message. */
+  uvs_server_t* server;
+  uvs__io_t* io; /* blocking modes */
+  void* state;
+  size_t write_queued; /* bytes in queued uv_write requests */
+  bool read_paused;    /* by uvs_conn_read_stop */
+  bool closing;        /* graceful close or abort under way */
+  bool handle_closing; /* uv_close called, or deferred (close_deferred) */
 };
 
 static inline bool uvs__timeout_armed(const uvs_conn_t* conn, int kind) {

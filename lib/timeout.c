@@ -90,6 +90,10 @@ void uvs__timeout_arm_since(uvs_conn_t* conn, int kind, uint64_t since_ms) {
 /* Measured from now, the usual case: the tail is due no later, so the
  * insertion above stops at once. */
 void uvs__timeout_arm(uvs_conn_t* conn, int kind) {
+  /* Without a timeout of this kind (the common case, on every read and
+   * write) there is nothing to look up. */
+  if (conn->server->timeout_ms[kind] == 0)
+    return;
   uvs__timeout_arm_since(conn, kind, uv_now(conn->server->loop));
 }
 
