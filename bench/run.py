@@ -13,12 +13,27 @@ machine lands on every server alike. The table shows medians with the
 min-max over the rounds. The ratios event/raw and thread/tpc are judged
 against the targets as the median of the rounds' ratios: each round runs
 the two servers of a pair back to back, so a slow phase of the machine
-(on this one whole rounds run at two thirds of the speed, for every
-server) slows both and cancels out, where a ratio of medians depends on
-how many rounds of each server landed in a slow phase. The ratio of the
-medians is shown beside it. The server and the load generator are
-pinned to different cores (taskset) unless --no-pin: on a two-core
-machine that keeps the two from trading places on one core.
+(on this one every server runs at half the speed for seconds at a time)
+slows both and cancels out, where a ratio of medians depends on how many
+rounds of each server landed in a slow phase. The ratio of the medians
+is shown beside it, and a 95% bootstrap interval of the median ratio
+(resampling the rounds, seeded, so a rerun on the same data prints the
+same) says how far the run can pin the ratio down.
+
+Runs are short (0.25 s after 0.1 s of warm-up) and rounds many (50),
+because a machine's speed drifts: on this one two runs of the same
+server one after the other differ by 10% (standard deviation) when they
+last 1 s each and by 7% when they last 0.25 s, and a ratio is only as
+precise as that spread over the square root of the rounds. 50 short
+rounds pin most ratios to a few percent; 9 rounds of 2 s (the old
+defaults) left about +-8%, which could not tell 0.94 from 1.00. The
+10 000-client profile (c10k) runs 8 rounds of 0.5 s, a fresh server for
+each run (--c10k-rounds, --c10k-seconds): its runs vary as much, and
+connecting 10 000 clients costs more time than measuring them.
+
+The server and the load generator are pinned to different cores
+(taskset) unless --no-pin: on a two-core machine that keeps the two
+from trading places on one core.
 
 Besides msgs/s, each run records the server's own CPU time (from
 /proc/PID/stat) per echoed message: when the load generator's core is
@@ -41,6 +56,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import resource
 import select
 import shutil
@@ -74,6 +90,7 @@ TARGETS = {
     "thread/tpc": ("thread", "tpc", {"p2": 0.8, "p3": 0.95, "p4": 0.8}),
 }
 RSS_TARGET_BEYOND = 512  # bytes per idle connection beyond raw libuv's
+BOOTSTRAP_SAMPLES = 2000  # resamples for a ratio's 95% interval
 
 
 class BenchError(Exception):
@@ -228,18 +245,22 @@ def measure_profiles(args, results):
 
 
 def measure_c10k(args, results):
-    """args.c10k concurrent echo clients, one message in flight each."""
+    """args.c10k concurrent echo clients, one message in flight each.
+    Each run gets a fresh server (a new port), so the clients of one run
+    never wait for ports the last run's connections still hold."""
     runs = {s: [] for s in SERVERS}
     with tempfile.TemporaryDirectory(prefix="uvs-bench-") as tmp:
-        for s in SERVERS:
-            srv = Server(args, s, "tcp", tmp)
-            try:
-                r = run_load(args, srv, args.c10k, 64, 1, args.seconds)
-            finally:
-                srv.stop()
-            runs[s].append(r)
-            log("c10k %-6s %10.0f msgs/s  errors %d" % (
-                s, r["msgs_per_s"], r["errors"]))
+        for rnd in range(args.c10k_rounds):
+            for s in round_order(rnd, SERVERS):
+                srv = Server(args, s, "tcp", tmp)
+                try:
+                    r = run_load(args, srv, args.c10k, 64, 1,
+                                 args.c10k_seconds)
+                finally:
+                    srv.stop()
+                runs[s].append(r)
+                log("c10k round %d %-6s %10.0f msgs/s  errors %d" % (
+                    rnd + 1, s, r["msgs_per_s"], r["errors"]))
     results["profiles"]["c10k"] = runs
 
 
@@ -288,6 +309,20 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
+def median_interval(values):
+    """A 95% bootstrap interval of the median of values (the rounds'
+    ratios): the median of BOOTSTRAP_SAMPLES resamples drawn with
+    replacement, their 2.5th and 97.5th percentiles. Seeded, so the
+    same data always gives the same interval."""
+    if len(values) < 2:
+        return values[0], values[0]
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values)))
+                  for _ in range(BOOTSTRAP_SAMPLES))
+    return (meds[int(0.025 * BOOTSTRAP_SAMPLES)],
+            meds[int(0.975 * BOOTSTRAP_SAMPLES) - 1])
+
+
 def fmt_rate(x):
     if x >= 1e6:
         return "%.2fM" % (x / 1e6)
@@ -329,9 +364,10 @@ def summarize(results):
                 pairs = [x["msgs_per_s"] / y["msgs_per_s"]
                          for x, y in zip(runs[a], runs[b])
                          if y["msgs_per_s"] > 0]
+                low, high = median_interval(pairs)
                 row[ratio] = {
                     "value": med(pairs), "min": min(pairs),
-                    "max": max(pairs),
+                    "max": max(pairs), "ci_low": low, "ci_high": high,
                     "of_medians": row[a]["msgs_per_s"] /
                     row[b]["msgs_per_s"],
                     "target": targets.get(prof)}
@@ -358,10 +394,12 @@ def table(results, summary):
     lines = []
     m = results["machine"]
     lines.append("Machine: %s, %d cores, Linux %s, libuv %s; %d rounds of "
-                 "%g s (+%g s warm-up) per server and profile%s." % (
+                 "%g s (+%g s warm-up) per server and profile, c10k %d "
+                 "rounds of %g s%s." % (
                      m["cpu"], m["cores"], m["kernel"], m["libuv"],
                      results["rounds"], results["seconds"],
-                     results["warmup"],
+                     results["warmup"], results.get("c10k_rounds", 1),
+                     results.get("c10k_seconds", results["seconds"]),
                      ", server and load generator pinned to different "
                      "cores" if results["pin"] else ", unpinned"))
     lines.append("")
@@ -389,8 +427,9 @@ def table(results, summary):
                              c["errors"]))
     lines.append("")
     lines.append("Ratios: the median of the rounds' ratios (each round "
-                 "runs the pair back to back), its min-max, and the ratio "
-                 "of the medians above.")
+                 "runs the pair back to back), judged against the target; "
+                 "in brackets its 95% bootstrap interval, the min-max of "
+                 "the rounds' ratios, and the ratio of the medians above.")
     lines.append("")
     lines.append("| profile | uvs event / raw libuv | uvs thread / "
                  "thread-per-connection |")
@@ -402,9 +441,10 @@ def table(results, summary):
         for ratio in TARGETS:
             if ratio in row:
                 v = row[ratio]
-                cells.append("%.3f%s (%.2f-%.2f; %.3f)" % (
+                cells.append("%.3f%s (%.3f-%.3f; %.2f-%.2f; %.3f)" % (
                     v["value"], verdict(v["value"], v["target"]),
-                    v["min"], v["max"], v["of_medians"]))
+                    v["ci_low"], v["ci_high"], v["min"], v["max"],
+                    v["of_medians"]))
             else:
                 cells.append("-")
         lines.append("| %s | %s |" % (prof, " | ".join(cells)))
@@ -512,17 +552,21 @@ def parse_args(argv):
                    help="meson build directory (default: build)")
     p.add_argument("--out", default=None,
                    help="where results go (default: BUILD/bench-results)")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=int, default=50,
                    help="rounds per profile, at least 3 for a median "
-                   "with a range (default 5)")
-    p.add_argument("--seconds", type=float, default=2.0,
-                   help="measured seconds per run (default 2)")
-    p.add_argument("--warmup", type=float, default=0.5,
-                   help="unmeasured seconds before each run (default 0.5)")
+                   "with a range (default 50)")
+    p.add_argument("--seconds", type=float, default=0.25,
+                   help="measured seconds per run (default 0.25)")
+    p.add_argument("--warmup", type=float, default=0.1,
+                   help="unmeasured seconds before each run (default 0.1)")
     p.add_argument("--profiles", default="p1,p2,p3,p4,p5,c10k,rss",
                    help="comma-separated subset of p1..p5, c10k, rss")
     p.add_argument("--c10k", type=int, default=10000,
                    help="clients of the c10k profile (default 10000)")
+    p.add_argument("--c10k-rounds", type=int, default=8,
+                   help="rounds of the c10k profile (default 8)")
+    p.add_argument("--c10k-seconds", type=float, default=0.5,
+                   help="measured seconds of a c10k run (default 0.5)")
     p.add_argument("--idle", type=int, default=10000,
                    help="idle connections for the RSS figure (default 10000)")
     p.add_argument("--mem-rounds", type=int, default=3,
@@ -535,9 +579,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 0.3, 0.1
+        args.c10k_seconds, args.c10k_rounds = 0.3, 1
         args.c10k, args.idle, args.mem_rounds = 500, 500, 1
-    if args.rounds < 1 or args.seconds <= 0 or args.mem_rounds < 1:
-        p.error("--rounds, --mem-rounds and --seconds must be positive")
+    if (args.rounds < 1 or args.seconds <= 0 or args.mem_rounds < 1 or
+            args.c10k_rounds < 1 or args.c10k_seconds <= 0):
+        p.error("--rounds, --mem-rounds, --seconds, --c10k-rounds and "
+                "--c10k-seconds must be positive")
     wanted = set(args.profiles.split(","))
     unknown = wanted - {p[0] for p in PROFILES} - {"c10k", "rss"}
     if unknown:
@@ -583,7 +630,8 @@ def main(argv):
             timespec="seconds"),
         "machine": machine(), "rounds": args.rounds,
         "seconds": args.seconds, "warmup": args.warmup, "pin": args.pin,
-        "c10k": args.c10k, "idle": args.idle,
+        "c10k": args.c10k, "c10k_seconds": args.c10k_seconds,
+        "c10k_rounds": args.c10k_rounds, "idle": args.idle,
         "mem_rounds": args.mem_rounds, "profiles": {},
     }
     try:
